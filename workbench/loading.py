@@ -115,21 +115,23 @@ def _converted_gguf(model: str, gguf: Path, on_step: OnStep) -> Path:
 
 
 def _from_pretrained(location: str, on_step: OnStep, **kwargs):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    kwargs.setdefault("trust_remote_code", False)  # explicit False: never an interactive prompt
     on_step("Loading weights", 0.6)
     try:
+        # The config first: it is where a model that needs its own code says so.
+        config = AutoConfig.from_pretrained(location, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-        model_obj = AutoModelForCausalLM.from_pretrained(location, dtype="float32", **kwargs)
-    except ValueError as exc:
-        if "trust_remote_code" in str(exc):
+        model_obj = AutoModelForCausalLM.from_pretrained(location, config=config, dtype="float32", **kwargs)
+    except (ValueError, OSError, KeyError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "trust_remote_code" in str(exc) or "custom code" in str(exc):
             raise ModelSourceError(
-                f"{location} needs its own model code from the hub; tick 'Allow remote code' "
-                "(--trust-remote-code) only if you trust its authors"
+                f"{location} needs its own model code; tick 'Allow remote code' (--trust-remote-code) "
+                "only if you trust its authors"
             ) from exc
-        raise ModelSourceError(f"cannot load {location}: {exc}") from exc
-    except OSError as exc:
-        raise ModelSourceError(f"cannot load {location}: {str(exc).splitlines()[0]}") from exc
+        raise ModelSourceError(f"cannot load {location}: {first_line}") from exc
     model_obj.eval()
     return model_obj, tokenizer
 

@@ -1,0 +1,99 @@
+import json
+
+import pytest
+
+from workbench.devices import resolve_device
+from workbench.recipe import MAX_PRUNE_RATIO, PruneSpec, Recipe, RecipeError
+
+
+def test_defaults_are_the_embedded_fp32_baseline():
+    r = Recipe(device="cpu")
+    assert r.model == "embedded" and r.dtype == "fp32" and r.prune == PruneSpec() and r.variant == "none"
+    assert r.is_baseline()
+
+
+def test_key_is_stable_and_short():
+    a, b = Recipe(device="cpu", dtype="bf16"), Recipe(device="cpu", dtype="bf16")
+    assert a.key() == b.key()
+    assert len(a.key()) == 16 and int(a.key(), 16) >= 0
+    # The key is a pure function of the canonical JSON: pinned so that a refactor can't silently
+    # orphan every artifact, cache entry and metrics row on users' disks.
+    canonical = json.dumps(a.to_dict(), sort_keys=True, separators=(",", ":"))
+    import hashlib
+
+    assert a.key() == hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model": "HuggingFaceTB/SmolLM2-360M-Instruct"},
+        {"device": "cuda"},
+        {"dtype": "fp16"},
+        {"dtype": "bf16"},
+        {"prune": PruneSpec("magnitude", 0.5)},
+        {"prune": PruneSpec("magnitude", 0.3)},
+        {"prune": PruneSpec("layers", 0.5)},
+        {"variant": "student-1"},
+        {"batch_size": 4},
+    ],
+)
+def test_every_field_changes_the_key(change):
+    base = Recipe(device="cpu")
+    assert Recipe(**{**base.__dict__, **change}).key() != base.key()
+
+
+def test_no_pruning_has_one_key_and_2_4_is_half():
+    assert PruneSpec("none", 0.0) == PruneSpec("none", 0.7)
+    assert PruneSpec("2:4", 0.1).ratio == 0.5
+
+
+def test_round_trip_through_dict():
+    r = Recipe(model="x/y", device="cpu", dtype="bf16", prune=PruneSpec("channels", 0.25), batch_size=8)
+    again = Recipe.from_dict(json.loads(json.dumps(r.to_dict())))
+    assert again == r and again.key() == r.key()
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"dtype": "int9"}, "dtype"),
+        ({"device": "tpu"}, "device"),
+        ({"model": "  "}, "model"),
+        ({"batch_size": 0}, "batch-size"),
+        ({"batch_size": 2.5}, "batch-size"),
+    ],
+)
+def test_bad_values_name_the_field(kwargs, field):
+    with pytest.raises(RecipeError) as err:
+        Recipe(**kwargs)
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize("method, ratio, field", [("snip", 0.5, "prune-method"), ("magnitude", MAX_PRUNE_RATIO + 0.01, "prune-ratio"), ("magnitude", -0.1, "prune-ratio")])
+def test_bad_prune_spec(method, ratio, field):
+    with pytest.raises(RecipeError) as err:
+        PruneSpec(method, ratio)
+    assert err.value.field == field
+
+
+def test_baseline_drops_optimizations_and_keeps_model_and_device():
+    r = Recipe(model="m", device="cpu", dtype="bf16", prune=PruneSpec("layers", 0.5), variant="v")
+    b = r.baseline()
+    assert (b.model, b.device, b.dtype, b.prune.method, b.variant) == ("m", "cpu", "fp32", "none", "none")
+    assert Recipe(device="cuda", dtype="int8").baseline().dtype == "fp16"
+
+
+def test_auto_device_resolves_to_a_present_device():
+    assert resolve_device("auto") in ("cpu", "cuda", "mps")
+    assert resolve_device("cpu") == "cpu"
+
+
+def test_absent_device_is_a_recipe_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(RecipeError) as err:
+        resolve_device("cuda")
+    assert err.value.field == "device" and "available" in str(err.value)
