@@ -94,6 +94,18 @@ class GenerationResult:
         }
 
 
+def encode_chat(tokenizer, messages: list[dict]) -> torch.Tensor:
+    """Token ids (1, T) of a conversation, ending where the assistant's answer starts.
+
+    Uses the tokenizer's chat template when it has one; base models without one get a plain transcript.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+        return enc["input_ids"]
+    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+    return tokenizer("\n".join(lines) + "\nAssistant:", return_tensors="pt")["input_ids"]
+
+
 class Request:
     """Handle of one submitted request: iterate it for streamed text, call ``result()`` for the outcome."""
 
@@ -194,13 +206,7 @@ class Engine:
 
     def encode_chat(self, messages: list[dict]) -> torch.Tensor:
         """Token ids (1, T) of a conversation, using the model's chat template when it has one."""
-        tok = self.tokenizer
-        if getattr(tok, "chat_template", None):
-            enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
-            return enc["input_ids"]
-        # No template (base models): a plain transcript that ends where the answer starts.
-        lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
-        return tok("\n".join(lines) + "\nAssistant:", return_tensors="pt")["input_ids"]
+        return encode_chat(self.tokenizer, messages)
 
     def submit(self, messages: list[dict] | str, settings: GenerationSettings | None = None, origin: str = "chat") -> Request:
         """Queue a request; returns at once. ``messages`` is a chat (list of role/content) or a raw prompt."""
