@@ -63,7 +63,9 @@ def test_remote_code_needs_opt_in(tmp_path):
 
 def test_unbuildable_parts_of_a_recipe_name_the_field(tiny_model_dir):
     for recipe, field in [
-        (Recipe(model=str(tiny_model_dir), device="cpu", dtype="int8"), "dtype"),
+        (Recipe(model=str(tiny_model_dir), device="cpu", dtype="int8", backend="bnb-nf4"), "backend"),
+        (Recipe(model=str(tiny_model_dir), device="cpu", dtype="int8", backend="no-such-lib"), "backend"),
+        (Recipe(model=str(tiny_model_dir), device="cpu", dtype="fp16", backend="torch-dynamic"), "backend"),
         (Recipe(model=str(tiny_model_dir), device="cpu", variant="student"), "variant"),
     ]:
         with pytest.raises(RecipeError) as err:

@@ -260,7 +260,8 @@ class Engine:
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
         input_ids = request.prompt_ids.to(self.device)
-        with torch.inference_mode():
+        # no_grad rather than inference_mode: some quantized tensor types cannot live in inference mode.
+        with torch.no_grad():
             model.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),

@@ -10,6 +10,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("fp32", "fp16", "bf16", "int8", "int4", "nf4", "fp4")
 FLOAT_DTYPES = ("fp32", "fp16", "bf16")
 PRUNE_METHODS = ("none", "magnitude", "2:4", "channels", "layers")
+PRUNE_CRITERIA = ("magnitude", "wanda")  # how unstructured and 2:4 pruning rank weights
 MAX_PRUNE_RATIO = 0.9
 EMBEDDED = "embedded"
 
@@ -30,10 +31,15 @@ class RecipeError(ValueError):
 class PruneSpec:
     method: str = "none"  # one of PRUNE_METHODS
     ratio: float = 0.0  # share of weights / channels / layers removed; ignored for "none"
+    criterion: str = "magnitude"  # |W| or Wanda's |W|*||X||; only for "magnitude" and "2:4"
 
     def __post_init__(self):
         if self.method not in PRUNE_METHODS:
             raise RecipeError("prune-method", f"unknown pruning method {self.method!r}; allowed: {', '.join(PRUNE_METHODS)}")
+        if self.criterion not in PRUNE_CRITERIA:
+            raise RecipeError("prune-criterion", f"unknown criterion {self.criterion!r}; allowed: {', '.join(PRUNE_CRITERIA)}")
+        if self.method not in ("magnitude", "2:4"):
+            object.__setattr__(self, "criterion", "magnitude")  # the others have their own importance measure
         if not isinstance(self.ratio, (int, float)) or not 0.0 <= float(self.ratio) <= MAX_PRUNE_RATIO:
             raise RecipeError("prune-ratio", f"pruning ratio must be between 0 and {MAX_PRUNE_RATIO}, got {self.ratio!r}")
         object.__setattr__(self, "ratio", round(float(self.ratio), 4))
@@ -54,6 +60,7 @@ class Recipe:
     model: str = EMBEDDED  # "embedded", a hub id, a local directory or a .gguf file
     device: str = "auto"
     dtype: str = "fp32"  # float cast or quantized weight format
+    backend: str = "auto"  # the quantization library that runs dtype; resolved by optimize.resolve()
     prune: PruneSpec = field(default_factory=PruneSpec)
     variant: str = "none"  # distilled variant: "none", a catalog name or a student built here
     batch_size: int = 1  # how many concurrent requests the worker may run together
@@ -66,6 +73,10 @@ class Recipe:
             raise RecipeError("device", f"unknown device {self.device!r}; allowed: {', '.join(DEVICES)}")
         if self.dtype not in DTYPES:
             raise RecipeError("dtype", f"unknown dtype {self.dtype!r}; allowed: {', '.join(DTYPES)}")
+        if not isinstance(self.backend, str) or not self.backend:
+            raise RecipeError("backend", "backend must be 'auto' or a backend name")
+        if self.dtype in FLOAT_DTYPES and self.backend == "auto":
+            object.__setattr__(self, "backend", "torch")  # a float cast has one backend: one key for it
         if isinstance(self.prune, dict):
             object.__setattr__(self, "prune", PruneSpec(**self.prune))
         if not isinstance(self.variant, str) or not self.variant.strip():
@@ -89,7 +100,8 @@ class Recipe:
 
     def baseline(self) -> "Recipe":
         """Same model and device, no pruning, no variant, fp32 (fp16 on CUDA)."""
-        return replace(self, dtype="fp16" if self.device == "cuda" else "fp32", prune=PruneSpec(), variant="none")
+        dtype = "fp16" if self.device == "cuda" else "fp32"
+        return replace(self, dtype=dtype, backend="torch", prune=PruneSpec(), variant="none")
 
     def is_baseline(self) -> bool:
         return self == self.baseline()
@@ -97,8 +109,11 @@ class Recipe:
     def label(self) -> str:
         """Short human-readable description, e.g. 'embedded · cpu · bf16'."""
         parts = [model_label(self.model), self.device, self.dtype]
+        if self.backend not in ("auto", "torch"):
+            parts.append(self.backend)
         if self.prune.method != "none":
-            parts.append(f"{self.prune.method} {self.prune.ratio:g}")
+            wanda = " wanda" if self.prune.criterion == "wanda" else ""
+            parts.append(f"{self.prune.method}{wanda} {self.prune.ratio:g}")
         if self.variant != "none":
             parts.append(f"variant {self.variant}")
         if self.batch_size != 1:

@@ -41,54 +41,129 @@ class OptimizedModel:
     notes: list[str] = field(default_factory=list)  # what the user should know about this build
 
 
+def resolve(recipe: Recipe) -> Recipe:
+    """Resolve "auto" device and backend, so that the key names what really runs."""
+    from .quantize import resolve_backend
+
+    device = devices.resolve_device(recipe.device)
+    return replace(recipe, device=device, backend=resolve_backend(recipe.dtype, recipe.backend, device))
+
+
 def build(recipe: Recipe, *, trust_remote_code: bool = False, on_step: OnStep | None = None) -> OptimizedModel:
-    """Build the model a recipe describes.
+    """Build the model a recipe describes: load -> variant -> prune -> quantize -> place.
 
     Args:
-        recipe: what to build; ``device="auto"`` is resolved here.
+        recipe: what to build; "auto" device and backend are resolved here.
         trust_remote_code: allow hub model code (opt-in).
         on_step: progress callback ``(stage, fraction 0..1)``.
     """
     on_step = on_step or (lambda stage, frac: None)
-    recipe = replace(recipe, device=devices.resolve_device(recipe.device))
+    recipe = resolve(recipe)
     check_supported(recipe)
     start = time.perf_counter()
     on_step("Resolving model source", 0.0)
     model, tokenizer, _ = loading.load(recipe.model, trust_remote_code=trust_remote_code, on_step=on_step)
-    on_step(f"Casting to {recipe.dtype} and placing on {recipe.device}", 0.9)
-    model.to(device=recipe.device, dtype=devices.TORCH_DTYPES[recipe.dtype])
+    notes: list[str] = []
+    if recipe.prune.method != "none":
+        notes += _prune(model, tokenizer, recipe, on_step)
+    params, nonzero = count_params(model)
+    on_step(f"Placing on {recipe.device} as {recipe.dtype}", 0.85)
+    backend = _place_and_quantize(model, recipe, notes)
     model.eval()
     _prepare_tokenizer(tokenizer, model)
     devices.sync(recipe.device)
     build_s = time.perf_counter() - start
     on_step("Ready", 1.0)
-    stats = measure(model, build_s, backend=f"dense {recipe.dtype} (PyTorch {recipe.device.upper()})")
+    from .quantize import weight_bytes
+
+    stats = ModelStats(params, nonzero, weight_bytes(model), build_s, backend)
+    return OptimizedModel(model, tokenizer, recipe, stats, notes + _speed_notes(recipe))
+
+
+def _prune(model, tokenizer, recipe: Recipe, on_step: OnStep) -> list[str]:
+    from .prune import calibration_inputs, prune_
+
+    on_step(f"Pruning: {recipe.prune.method} {recipe.prune.ratio:.0%}", 0.7)
+    return prune_(model, recipe.prune, calibration_inputs(tokenizer))
+
+
+def _place_and_quantize(model, recipe: Recipe, notes: list[str]) -> str:
+    """Cast and place; quantize before or after placing as the backend needs. Returns the kernel path."""
+    from .quantize import BACKENDS, quantize_
+
+    device = recipe.device
+    if recipe.dtype in FLOAT_DTYPES:
+        model.to(device=device, dtype=devices.TORCH_DTYPES[recipe.dtype])
+        backend = f"dense {recipe.dtype} (PyTorch {device.upper()})"
+        if recipe.prune.method == "2:4":
+            backend = _semi_structured(model, recipe, backend, notes)
+        return backend
+    handler = BACKENDS[recipe.backend]
+    compute = "fp32" if device == "cpu" else "fp16"  # dtype of what stays in float (norms, embeddings)
+    model.to(dtype=devices.TORCH_DTYPES[compute])
+    if handler.on_device:
+        model.to(device)
+        quantize_(model, recipe.backend, device)
+    else:
+        quantize_(model, recipe.backend, device)
+        model.to(device)
+    return handler.label
+
+
+def _semi_structured(model, recipe: Recipe, dense: str, notes: list[str]) -> str:
+    """On CUDA with fp16/bf16, swap 2:4-pruned weights for PyTorch's semi-structured sparse tensors."""
+    if recipe.device != "cuda" or recipe.dtype not in ("fp16", "bf16"):
+        notes.append("2:4 sparse kernels need CUDA (sm80+) with fp16/bf16; here the zeros run on dense kernels")
+        return dense
+    try:
+        from torch.sparse import to_sparse_semi_structured
+
+        from .prune import prunable_linears
+
+        for lin in prunable_linears(model).values():
+            lin.weight = torch.nn.Parameter(to_sparse_semi_structured(lin.weight), requires_grad=False)
+        return f"2:4 semi-structured sparse {recipe.dtype} (PyTorch CUDA)"
+    except Exception as exc:  # unsupported GPU or shape: say so and run dense
+        notes.append(f"2:4 sparse kernels unavailable ({type(exc).__name__}: {exc}); running dense")
+        return dense
+
+
+def _speed_notes(recipe: Recipe) -> list[str]:
     notes = []
     if recipe.device == "cpu" and recipe.dtype in ("fp16", "bf16"):
         notes.append(
             f"{recipe.dtype} halves the weight bytes, but CPU matmul kernels for {recipe.dtype} are often no faster "
             "than fp32 (or slower); the measured tok/s says which it is on this machine."
         )
-    return OptimizedModel(model, tokenizer, recipe, stats, notes)
+    if recipe.prune.method == "magnitude":
+        notes.append("unstructured zeros are still multiplied by dense kernels: expect no speed-up, only quality loss")
+    if recipe.dtype not in FLOAT_DTYPES:
+        from .quantize import BACKENDS
+
+        notes.append(f"{BACKENDS[recipe.backend].label}: {BACKENDS[recipe.backend].why}")
+    return notes
 
 
 def check_supported(recipe: Recipe) -> None:
     """Raise RecipeError for the parts of a recipe this build cannot do yet, naming what works."""
-    if recipe.dtype not in FLOAT_DTYPES:
-        raise RecipeError("dtype", f"dtype {recipe.dtype} is not available yet; available: {', '.join(FLOAT_DTYPES)}")
-    if recipe.prune.method != "none":
-        raise RecipeError("prune-method", "pruning is not available yet; available: none")
     if recipe.variant != "none":
         raise RecipeError("variant", "distilled variants are not available yet; available: none")
 
 
-def measure(model: torch.nn.Module, build_s: float, backend: str) -> ModelStats:
-    params = nonzero = nbytes = 0
-    for p in model.parameters():  # parameters() skips tied duplicates (e.g. lm_head = embeddings)
+def count_params(model: torch.nn.Module) -> tuple[int, int]:
+    """(parameters, non-zero parameters); tied weights counted once."""
+    params = nonzero = 0
+    for p in model.parameters():
         params += p.numel()
         nonzero += int(torch.count_nonzero(p).item())
-        nbytes += p.numel() * p.element_size()
-    return ModelStats(params, nonzero, nbytes, build_s, backend)
+    return params, nonzero
+
+
+def measure(model: torch.nn.Module, build_s: float, backend: str) -> ModelStats:
+    from .quantize import weight_bytes
+
+    params, nonzero = count_params(model)
+    return ModelStats(params, nonzero, weight_bytes(model), build_s, backend)
 
 
 def _prepare_tokenizer(tokenizer, model) -> None:
@@ -102,7 +177,7 @@ def _prepare_tokenizer(tokenizer, model) -> None:
 
 def from_model(model: torch.nn.Module, tokenizer, recipe: Recipe, backend: str | None = None) -> OptimizedModel:
     """Wrap a model already in memory (tests, notebooks) as an OptimizedModel, placed per the recipe."""
-    recipe = replace(recipe, device=devices.resolve_device(recipe.device))
+    recipe = resolve(recipe)
     check_supported(recipe)
     model.to(device=recipe.device, dtype=devices.TORCH_DTYPES[recipe.dtype]).eval()
     _prepare_tokenizer(tokenizer, model)
