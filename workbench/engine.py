@@ -247,11 +247,11 @@ class Engine:
         except Exception as exc:  # a failed request must not kill the worker
             error = f"{type(exc).__name__}: {exc}"
         result = self._result(request, streamer, error)
+        if self.history is not None:
+            self._record(request, result)  # before done: whoever waits on result() finds the row stored
         request._result = result
         request._events.put(_END)
         request.done.set()
-        if self.history is not None:
-            self._record(request, result)
 
     def _generate(self, request: Request, streamer: _TimingStreamer) -> None:
         model = self.optimized.model

@@ -1,0 +1,15 @@
+"""LLM Latency Workbench: the recipe sidebar shared by every page, then the chosen page."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from workbench.ui import widgets
+
+st.set_page_config(page_title="LLM Latency Workbench", page_icon=":material/speed:", layout="wide")
+st.logo(str(Path(__file__).parent / "assets" / "logo.svg"), size="large")
+
+pages = [st.Page("pages/chat.py", title="Chat", icon=":material/chat:", default=True)]
+navigation = st.navigation(pages)
+widgets.recipe_sidebar()
+navigation.run()

@@ -1,0 +1,34 @@
+"""Chat with the recipe's model: replies stream with their per-token latency, metrics and history."""
+
+import streamlit as st
+
+from workbench.ui import charts, state, widgets
+
+st.title("Chat")
+engine = widgets.require_engine()
+
+settings_col, clear_col = st.columns([6, 1], vertical_alignment="center")
+with settings_col:
+    settings = widgets.generation_settings()
+clear_col.button("Clear chat", icon=":material/delete:", on_click=state.clear_messages, width="stretch")
+
+chat_col, chart_col = st.columns([3, 2], gap="large")
+with chart_col:
+    live_chart = st.empty()
+    history_chart = st.empty()
+
+transcript = widgets.chat_transcript_settled()
+widgets.draw_chart(live_chart, charts.token_latency_figure(widgets.last_token_times(transcript),
+                                                           "Per-token latency (last reply)"), "live-latency")
+widgets.draw_history(history_chart, "history")
+with chat_col:
+    if not transcript:
+        st.caption("Ask anything below. Each reply shows its time to first token (TTFT), time per output token "
+                   "(TPOT) and decode speed, measured where the model emits each token.")
+    widgets.chat_transcript(transcript)
+
+prompt = st.chat_input("Message the model", disabled=settings is None)
+if prompt and settings is not None:
+    with chat_col:
+        widgets.chat_turn(engine, prompt, settings, live_chart)
+    widgets.draw_history(history_chart, "history-updated")

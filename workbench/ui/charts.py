@@ -1,0 +1,146 @@
+"""Plotly figures built from plain data (token times, history rows): pure functions, no Streamlit."""
+
+from __future__ import annotations
+
+import statistics
+from datetime import datetime
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+PALETTE = ("#3b5bdb", "#e8590c", "#2b8a3e", "#ae3ec9", "#c92a2a", "#1098ad", "#f08c00", "#5c940d")
+TTFT_COLOUR = "#e8590c"
+GAP_COLOUR = "#3b5bdb"
+_FONT = dict(size=12)
+
+
+def token_latencies_ms(token_times: list[float]) -> list[float]:
+    """Latency of each generated token in ms: the first is TTFT, each later one the gap since the previous.
+
+    Args:
+        token_times: seconds since request start, one per token (``GenerationResult.token_times``).
+    """
+    if not token_times:
+        return []
+    gaps = [b - a for a, b in zip(token_times, token_times[1:])]
+    return [token_times[0] * 1000] + [g * 1000 for g in gaps]
+
+
+def token_latency_figure(token_times: list[float], title: str = "Per-token latency") -> go.Figure:
+    """Per-token latency of one reply: TTFT marked at token 0, then inter-token gaps with their median.
+
+    Args:
+        token_times: seconds since request start, one per token so far.
+        title: the chart title.
+    """
+    latencies = token_latencies_ms(token_times)
+    fig = go.Figure()
+    if len(latencies) > 1:
+        fig.add_trace(
+            go.Scatter(
+                x=list(range(1, len(latencies))),
+                y=latencies[1:],
+                mode="lines+markers",
+                marker=dict(size=4, color=GAP_COLOUR),
+                line=dict(width=1.5, color=GAP_COLOUR),
+                name="inter-token gap",
+                hovertemplate="token %{x}<br>%{y:.1f} ms<extra></extra>",
+            )
+        )
+        median = statistics.median(latencies[1:])
+        fig.add_hline(
+            y=median,
+            line=dict(dash="dot", width=1, color="#868e96"),
+            annotation_text=f"median gap {median:.1f} ms",
+            annotation_position="top right",
+            annotation_font=dict(size=11, color="#495057"),
+        )
+    if latencies:
+        fig.add_trace(
+            go.Scatter(
+                x=[0],
+                y=[latencies[0]],
+                mode="markers+text",
+                marker=dict(size=11, symbol="diamond", color=TTFT_COLOUR),
+                text=[f"TTFT {latencies[0]:.0f} ms"],
+                textposition="middle right",
+                textfont=dict(size=11, color=TTFT_COLOUR),
+                name="TTFT",
+                hovertemplate="TTFT<br>%{y:.1f} ms<extra></extra>",
+            )
+        )
+    else:
+        _empty_note(fig, "Send a message to see each token's latency")
+    fig.update_layout(
+        title=dict(text=title, font=dict(size=14)),
+        xaxis_title="token index",
+        yaxis_title="latency (ms)",
+        yaxis=dict(rangemode="tozero"),
+        showlegend=False,
+        height=300,
+        margin=dict(l=10, r=10, t=40, b=10),
+        font=_FONT,
+    )
+    return fig
+
+
+def history_figure(rows: list[dict], title: str = "Request history") -> go.Figure:
+    """TTFT and decode tok/s of past requests, one colour per recipe label.
+
+    Cache hits are drawn as their own series (hollow markers) so they never pass for model latency.
+
+    Args:
+        rows: history rows, oldest first (``HistoryStore.recent``): ``recipe_label``, ``started_at``,
+            ``ttft_s``, ``decode_tok_s``, ``cache``.
+        title: the chart title.
+    """
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1)
+    colours: dict[str, str] = {}
+    for label in dict.fromkeys(r.get("recipe_label") or r["recipe_key"] for r in rows):
+        colours[label] = PALETTE[len(colours) % len(PALETTE)]
+    for (label, hit), series in _series(rows).items():
+        x = [n for n, _ in series]
+        when = [datetime.fromtimestamp(r["started_at"]).strftime("%H:%M:%S") for _, r in series]
+        name = f"{label} (cache {hit})" if hit != "miss" else label
+        marker = dict(color=colours[label], size=7, symbol="circle-open" if hit != "miss" else "circle")
+        common = dict(mode="markers+lines", marker=marker, line=dict(width=1, color=colours[label]), name=name,
+                      legendgroup=name, customdata=when)
+        ttft = [_ms(r.get("ttft_s")) for _, r in series]
+        tok_s = [r.get("decode_tok_s") for _, r in series]
+        fig.add_trace(go.Scatter(x=x, y=ttft, hovertemplate="#%{x} at %{customdata}<br>TTFT %{y:.1f} ms<extra>"
+                                 + name + "</extra>", **common), row=1, col=1)
+        fig.add_trace(go.Scatter(x=x, y=tok_s, showlegend=False, hovertemplate="#%{x} at %{customdata}<br>"
+                                 "%{y:.1f} tok/s<extra>" + name + "</extra>", **common), row=2, col=1)
+    if not rows:
+        _empty_note(fig, "No requests recorded yet")
+    fig.update_yaxes(title_text="TTFT (ms)", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title_text="decode tok/s", rangemode="tozero", row=2, col=1)
+    fig.update_xaxes(title_text="request #", row=2, col=1)
+    if len(rows) <= 20:
+        fig.update_xaxes(dtick=1)  # whole request numbers only; plotly would otherwise tick at 0.5
+    fig.update_layout(
+        title=dict(text=title, font=dict(size=14)),
+        height=420,
+        margin=dict(l=10, r=10, t=40, b=10),
+        legend=dict(orientation="h", yanchor="top", y=-0.18, x=0),
+        font=_FONT,
+    )
+    return fig
+
+
+def _series(rows: list[dict]) -> dict[tuple[str, str], list[tuple[int, dict]]]:
+    """Rows numbered 1.. in time order, grouped by (recipe label, cache outcome)."""
+    out: dict[tuple[str, str], list[tuple[int, dict]]] = {}
+    for n, row in enumerate(rows, start=1):
+        label = row.get("recipe_label") or row["recipe_key"]
+        out.setdefault((label, row.get("cache") or "miss"), []).append((n, row))
+    return out
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
+
+
+def _empty_note(fig: go.Figure, text: str) -> None:
+    fig.add_annotation(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5,
+                       font=dict(size=13, color="#868e96"))

@@ -1,0 +1,66 @@
+"""Session-state keys, named once, and small accessors for the values pages share."""
+
+from __future__ import annotations
+
+import threading
+
+import streamlit as st
+
+# Recipe sidebar widgets (rendered by app.py on every page, so their values persist across pages).
+MODEL_CHOICE = "recipe.model_choice"  # "embedded", a catalog hub id, or OTHER_MODEL
+MODEL_OTHER = "recipe.model_other"  # free text: hub id, model directory or .gguf file
+DEVICE = "recipe.device"
+DTYPE = "recipe.dtype"
+TRUST_REMOTE_CODE = "recipe.trust_remote_code"
+
+# What the sidebar resolved, read by pages: a Recipe (device resolved) or None when the input is invalid.
+RECIPE = "recipe.current"
+REMOTE_CODE_ALLOWED = "recipe.remote_code_allowed"  # the checkbox, counted only for hub ids
+
+# Chat page.
+MESSAGES = "chat.messages"  # list of message dicts, see widgets.assistant_message
+SYSTEM_PROMPT = "chat.system_prompt"
+MAX_NEW_TOKENS = "chat.max_new_tokens"
+TEMPERATURE = "chat.temperature"
+TOP_P = "chat.top_p"
+SEED = "chat.seed"
+STOP = "chat.stop"  # the Stop button shown while a reply streams
+TURN_DONE = "chat.turn_done"  # threading.Event of the latest reply: set once it is stored in MESSAGES
+
+OTHER_MODEL = "__other__"  # the "Other…" entry of the model selectbox (a value, not a key)
+
+
+def messages() -> list[dict]:
+    """This session's chat transcript, created empty on first use."""
+    return st.session_state.setdefault(MESSAGES, [])
+
+
+def clear_messages() -> None:
+    """Forget this session's chat transcript (a button callback)."""
+    st.session_state[MESSAGES] = []
+
+
+def begin_turn() -> threading.Event:
+    """Mark a reply as in progress; the returned event is set once the reply is stored in the transcript."""
+    done = threading.Event()
+    st.session_state[TURN_DONE] = done
+    return done
+
+
+def wait_for_turn(timeout_s: float) -> bool:
+    """Wait until the latest reply is stored; True if it is (or there is none).
+
+    A click during a reply stops that run and starts the next one at once, on another thread, while the
+    stopped run is still storing its partial reply: the next run must wait for it before drawing the chat.
+    """
+    done = st.session_state.get(TURN_DONE)
+    return done is None or done.wait(timeout_s)
+
+
+def current_recipe():
+    """The recipe the sidebar resolved on this run, or None when its input is invalid."""
+    return st.session_state.get(RECIPE)
+
+
+def remote_code_allowed() -> bool:
+    return bool(st.session_state.get(REMOTE_CODE_ALLOWED, False))
