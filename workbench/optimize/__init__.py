@@ -39,6 +39,7 @@ class OptimizedModel:
     recipe: Recipe  # device resolved
     stats: ModelStats
     notes: list[str] = field(default_factory=list)  # what the user should know about this build
+    inference_mode: bool = True  # whether generation may run under torch.inference_mode (a little faster)
 
 
 def resolve(recipe: Recipe) -> Recipe:
@@ -79,10 +80,11 @@ def build(recipe: Recipe, *, trust_remote_code: bool = False, on_step: OnStep | 
     devices.sync(recipe.device)
     build_s = time.perf_counter() - start
     on_step("Ready", 1.0)
-    from .quantize import weight_bytes
+    from .quantize import BACKENDS, weight_bytes
 
     stats = ModelStats(params, nonzero, weight_bytes(model), build_s, backend)
-    return OptimizedModel(model, tokenizer, recipe, stats, notes + _speed_notes(recipe))
+    inference_ok = recipe.dtype in FLOAT_DTYPES or BACKENDS[recipe.backend].inference_mode
+    return OptimizedModel(model, tokenizer, recipe, stats, notes + _speed_notes(recipe), inference_ok)
 
 
 def _prune(model, tokenizer, recipe: Recipe, on_step: OnStep) -> list[str]:

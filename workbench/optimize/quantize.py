@@ -26,6 +26,7 @@ class QuantBackend:
     devices: tuple[str, ...]
     apply: Callable[[nn.Module, str], None]  # (model, device) -> None, in place
     on_device: bool = False  # quantize after placing on the device (packing is device-specific)
+    inference_mode: bool = True  # False where the tensor type cannot live in torch.inference_mode
     why: str = ""  # one line on when this path is fast or slow
 
 
@@ -230,10 +231,12 @@ def _quanto(bits: int):
 
 register(QuantBackend(
     "quanto-int8", "int8", "optimum-quanto int8 weights", ("cpu", "cuda"), _quanto(8), on_device=True,
+    inference_mode=False,
     why="portable reference kernels; memory savings more than speed",
 ))
 register(QuantBackend(
     "quanto-int4", "int4", "optimum-quanto int4 weights", ("cpu", "cuda"), _quanto(4), on_device=True,
+    inference_mode=False,
     why="portable reference kernels; memory savings more than speed",
 ))
 
