@@ -97,8 +97,12 @@ def _converted_gguf(model: str, gguf: Path, on_step: OnStep) -> Path:
     on_step(f"Converting {gguf.name} to safetensors (once; later loads are fast)", 0.05)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model_obj = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model_obj = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
+    except (ValueError, OSError, KeyError, RuntimeError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelSourceError(f"cannot convert {gguf.name}: {first_line}") from exc
     # The GGUF quantizer is attached on load, but the weights are already plain float:
     # clear it so save_pretrained writes ordinary safetensors.
     model_obj.hf_quantizer = None
