@@ -121,6 +121,7 @@ class Request:
         self._events: queue.Queue = queue.Queue()
         self._tokenizer = tokenizer
         self._result: GenerationResult | None = None
+        self.record = True  # False keeps it out of the history (warm-up runs)
 
     def stop(self) -> None:
         """End generation after the current token; the partial answer and its metrics are kept."""
@@ -208,14 +209,25 @@ class Engine:
         """Token ids (1, T) of a conversation, using the model's chat template when it has one."""
         return encode_chat(self.tokenizer, messages)
 
-    def submit(self, messages: list[dict] | str, settings: GenerationSettings | None = None, origin: str = "chat") -> Request:
-        """Queue a request; returns at once. ``messages`` is a chat (list of role/content) or a raw prompt."""
+    def submit(
+        self, messages: list[dict] | str, settings: GenerationSettings | None = None, origin: str = "chat",
+        record: bool = True,
+    ) -> Request:
+        """Queue a request; returns at once.
+
+        Args:
+            messages: a chat (list of role/content dicts) or a single user message.
+            settings: generation settings (defaults: greedy, 256 tokens).
+            origin: who asked ("chat", "cli", "bench", ...), stored with the request's history row.
+            record: False keeps the request out of the history (warm-up runs).
+        """
         if self._closed:
             raise RuntimeError("engine is closed")
         settings = settings or GenerationSettings()
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
         request = Request(self.encode_chat(messages), settings, self.tokenizer, origin)
+        request.record = record
         self._queue.put(request)
         return request
 
@@ -247,7 +259,7 @@ class Engine:
         except Exception as exc:  # a failed request must not kill the worker
             error = f"{type(exc).__name__}: {exc}"
         result = self._result(request, streamer, error)
-        if self.history is not None:
+        if self.history is not None and request.record:
             self._record(request, result)  # before done: whoever waits on result() finds the row stored
         request._result = result
         request._events.put(_END)

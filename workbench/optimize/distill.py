@@ -142,6 +142,8 @@ def distill(
     work = cache.artifacts_dir() / f".{key}-work"
     work.mkdir(exist_ok=True)
     on_step(0, steps, {"stage": "teacher writes the training text"})
+    if done is not None and not (work / "corpus.json").is_file() and (done / "corpus.json").is_file():
+        shutil.copy(done / "corpus.json", work / "corpus.json")  # resuming a published student: same text
     corpus = _corpus(teacher, tokenizer, spec, work)
     student, done_steps, losses = _init_or_resume(teacher, tokenizer, spec, work, done)
     optimizer = torch.optim.AdamW(student.parameters(), lr=spec.lr, weight_decay=0.0)
@@ -324,6 +326,8 @@ def _publish(model, name, key, student, tokenizer, spec, steps, losses, teacher,
         student.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "progress.json").write_text(json.dumps({"steps": steps, "losses": losses}))
+        if (work / "corpus.json").is_file():
+            shutil.copy(work / "corpus.json", tmp / "corpus.json")
 
     try:
         path = cache.write_artifact(key, write, meta)
