@@ -9,7 +9,11 @@ from workbench.ui import widgets
 st.set_page_config(page_title="LLM Latency Workbench", page_icon=":material/speed:", layout="wide")
 st.logo(str(Path(__file__).parent / "assets" / "logo.svg"), size="large")
 
-pages = [st.Page("pages/chat.py", title="Chat", icon=":material/chat:", default=True)]
+pages = [
+    st.Page("pages/chat.py", title="Chat", icon=":material/chat:", default=True),
+    st.Page("pages/recipe.py", title="What changed", icon=":material/compare_arrows:"),
+    st.Page("pages/distill.py", title="Build a student", icon=":material/school:"),
+]
 navigation = st.navigation(pages)
 widgets.recipe_sidebar()
 navigation.run()

@@ -4,6 +4,7 @@ import streamlit as st
 
 from workbench.ui import charts, state, widgets
 
+widgets.require_app()
 st.title("Chat")
 engine = widgets.require_engine()
 

@@ -106,3 +106,20 @@ def test_sweep_reuses_a_built_model_and_returns_one_entry_per_recipe_and_batch_s
     assert entries[0]["model"]["build_s"] == tiny_optimized.stats.to_dict()["build_s"]
     assert entries[0]["per_run"][0]["new_tokens"] == 3
 
+
+
+def test_evaluate_gets_the_built_model_after_the_timed_runs(recipe, tiny_optimized):
+    seen = []
+
+    def evaluate(optimized):
+        seen.append((optimized, len(steps)))
+        return {"perplexity": 12.5, "qa_accuracy": 0.25}
+
+    steps = []
+    entry = bench.run_bench(recipe, GenerationSettings(max_new_tokens=3), runs=2, warmup=1,
+                            on_step=lambda i, total, m: steps.append(i), optimized=tiny_optimized, evaluate=evaluate)
+    assert entry["quality"] == {"perplexity": 12.5, "qa_accuracy": 0.25}
+    assert seen == [(tiny_optimized, 3)]  # after the warm-up and both measured runs
+    (no_eval,) = bench.sweep([recipe], [1], GenerationSettings(max_new_tokens=2), runs=1, warmup=0,
+                             optimized=tiny_optimized)
+    assert "quality" not in no_eval

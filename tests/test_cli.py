@@ -69,6 +69,28 @@ def test_recipe_flags_reach_the_build(capsys, tiny):
     assert not report["model"]["backend"].startswith("dense fp32")
 
 
+def test_int8_generates_with_the_default_cpu_backend(capsys, tiny):
+    code, out, err = run_cli(capsys, "generate", *tiny, "--prompt", "Hello!", "--max-new-tokens", 6, "--json",
+                             "--dtype", "int8", "--temperature", 0)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["recipe"]["backend"] == "torch-dynamic" and report["new_tokens"] >= 1
+    assert report["model"]["backend"].startswith("PyTorch dynamic int8")
+    code, out, _ = run_cli(capsys, "generate", *tiny, "--prompt", "Hello!", "--max-new-tokens", 1, "--json")
+    fp32 = json.loads(out)["model"]
+    # Linear weights stored as int8 (embeddings stay fp32): the stats count the quantized bytes.
+    assert report["model"]["weight_bytes"] < 0.6 * fp32["weight_bytes"]
+    assert report["model"]["params"] == fp32["params"]
+
+
+@pytest.mark.parametrize("backend", ["bnb-int8", "torchao-int8-weight-only", "quanto-int8"])
+def test_every_cpu_int8_backend_generates(capsys, tiny, backend):
+    code, out, err = run_cli(capsys, "generate", *tiny, "--prompt", "Hi", "--max-new-tokens", 3, "--json",
+                             "--dtype", "int8", "--backend", backend)
+    assert code == 0, err
+    assert json.loads(out)["recipe"]["backend"] == backend
+
+
 def test_greedy_is_deterministic_and_seeded_sampling_reproducible(capsys, tiny):
     def text(*extra):
         code, out, _ = run_cli(capsys, "generate", *tiny, "--prompt", "Tell me about pruning.",
@@ -135,10 +157,13 @@ BAD_INPUTS = [
     (["bench", "--warmup", "-1"], "--warmup", "0 or more"),
     (["generate", "--prompt", "x", "--model", "/no/such/dir"], "--model", "a local model directory"),
     (["generate", "--prompt", "x", "--model", "missing.gguf"], "--model", "GGUF file not found"),
+    (["generate", "--prompt", "x", "--dtype", "int8", "--backend", "bnb-nf4"], "--backend",
+     "bnb-nf4 does not run int8 on cpu; available: torch-dynamic"),
+    (["generate", "--prompt", "x", "--dtype", "fp32", "--backend", "torch-dynamic"], "--backend",
+     "available backend: torch"),
+    (["generate", "--prompt", "x", "--variant", "student-nope"], "--variant", "no variant 'student-nope'"),
     (["cache", "stats"], "command", "generate"),
-    (["eval"], "command", "bench"),
-    (["distill", "--steps", "3"], "command", "bench"),
-    (["metrics-server"], "command", "bench"),
+    (["metrics-server"], "command", "distill"),
     ([], "command", "required"),
     (["generate", "--prompt", "x", "--frobnicate"], "--frobnicate", "unrecognized"),
 ]
@@ -146,7 +171,7 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("argv, flag, allowed", BAD_INPUTS, ids=[" ".join(a[0]) or "none" for a in BAD_INPUTS])
 def test_bad_input_exits_2_with_one_line_naming_the_flag(capsys, tiny, argv, flag, allowed):
-    if argv and argv[0] in ("generate", "bench") and "--model" not in argv:
+    if argv and argv[0] in ("generate", "bench", "eval", "distill") and "--model" not in argv:
         argv = [*argv, *tiny]  # so that only the flag under test is wrong
     code, out, err = run_cli(capsys, *argv)
     assert code == 2

@@ -18,6 +18,7 @@ from .recipe import Recipe, RecipeError
 
 OnStep = Callable[[int, int, dict], None]  # (runs done, runs in total, metrics of the run just finished)
 OnBuild = Callable[[str, float], None]  # (build stage, fraction done)
+Evaluate = Callable[[object], dict]  # built OptimizedModel -> quality figures (e.g. perplexity, qa_accuracy)
 
 # Fixed prompts of a few lengths, used in this order by every recipe so that recipes are compared on the
 # same work. Run i uses PROMPTS[i % len(PROMPTS)].
@@ -65,6 +66,7 @@ def run_bench(
     history=None,
     trust_remote_code: bool = False,
     on_build: OnBuild | None = None,
+    evaluate: Evaluate | None = None,
 ) -> dict:
     """Build a recipe's model and measure it on the fixed prompts.
 
@@ -80,10 +82,12 @@ def run_bench(
         history: a ``metrics.HistoryStore`` that records the measured runs (origin "bench"), or None.
         trust_remote_code: allow hub model code (opt-in), passed to the build.
         on_build: build progress callback ``(stage, fraction)``.
+        evaluate: called with the built model after the timed runs (so that memory and time figures are
+            the runs' alone); what it returns is the entry's ``quality``.
 
     Returns:
         One entry: the recipe, TTFT / TPOT / E2E / ITL summaries in ms, decode tok/s median, min and max,
-        throughput, memory, the model's stats and each measured run.
+        throughput, memory, the model's stats and each measured run (and ``quality`` with ``evaluate``).
     """
     from .optimize import build
 
@@ -91,7 +95,10 @@ def run_bench(
     check_runs(runs, warmup)
     if optimized is None:
         optimized = build(recipe, trust_remote_code=trust_remote_code, on_step=on_build)
-    return measure(optimized, replace(settings, ignore_eos=True), runs, warmup, on_step, history)
+    entry = measure(optimized, replace(settings, ignore_eos=True), runs, warmup, on_step, history)
+    if evaluate is not None:
+        entry["quality"] = evaluate(optimized)
+    return entry
 
 
 def sweep(
@@ -109,7 +116,7 @@ def sweep(
         recipes: the recipes to measure; their own ``batch_size`` is replaced by each of ``batch_sizes``.
         batch_sizes: batch sizes to measure each recipe at; all are checked before anything is built.
         settings, runs, warmup, on_step: as in ``run_bench``.
-        **kwargs: passed to ``run_bench`` (history, trust_remote_code, on_build).
+        **kwargs: passed to ``run_bench`` (history, trust_remote_code, on_build, evaluate).
 
     Returns:
         One ``run_bench`` entry per recipe and batch size, in that order.

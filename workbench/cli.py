@@ -1,15 +1,23 @@
-"""The ``workbench`` command: one answer (``generate``) or a benchmark (``bench``) of a recipe, from the shell.
+"""The ``workbench`` command: answer (``generate``), benchmark (``bench``), measure quality (``eval``) or build
+a distilled student (``distill``) for a recipe, from the shell.
 
 Exit status: 0 on success; 2 on bad input, with one line on stderr naming the flag and what it accepts;
-1 when generation itself fails. Build progress goes to stderr, so ``--json`` output on stdout is pure JSON.
+1 when generation itself fails; 130 when interrupted. Progress goes to stderr, so ``--json`` output on stdout
+is pure JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
+import shlex
+import signal
 import sys
-from dataclasses import asdict
+import threading
+import time
+from dataclasses import asdict, replace
 
 from .recipe import (
     DEVICES,
@@ -40,7 +48,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``workbench``: subcommands ``generate`` and ``bench`` sharing recipe and generation flags."""
+    """The parser of ``workbench``: subcommands sharing the recipe flags (and generation flags where they apply)."""
     recipe_flags, generation_flags = _recipe_flags(), _generation_flags()
     parser = _Parser(prog=PROG, description="Measure what latency optimizations buy, on this machine.",
                      allow_abbrev=False)
@@ -61,8 +69,60 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-sizes", type=_int_list, default=None, metavar="N[,N...]",
                        help="batch sizes to measure, e.g. 1,4,16 (default: --batch-size); only 1 is available "
                             "until dynamic batching arrives")
+    bench.add_argument("--eval", action="store_true",
+                       help="also measure perplexity and QA accuracy of each recipe (after the timed runs)")
+    _quality_flags(bench, max_eval_tokens=None)
     bench.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    evaluate = commands.add_parser(
+        "eval", parents=[recipe_flags], allow_abbrev=False,
+        help="perplexity, agreement with the baseline recipe and QA accuracy",
+    )
+    _quality_flags(evaluate, max_eval_tokens=None)
+    evaluate.add_argument("--agreement-tokens", type=_int_at_least(1), default=32, metavar="N",
+                          help="greedy tokens per eval prompt compared with the baseline's (default 32)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    distill = commands.add_parser(
+        "distill", parents=[recipe_flags], allow_abbrev=False,
+        help="build (or resume) a distilled student of --model, usable as --variant",
+    )
+    _distill_flags(distill)
     return parser
+
+
+def _quality_flags(parser: argparse.ArgumentParser, max_eval_tokens: int | None) -> None:
+    group = parser.add_argument_group("quality")
+    whole = "the whole text" if max_eval_tokens is None else str(max_eval_tokens)
+    group.add_argument("--max-eval-tokens", type=_int_at_least(2), default=max_eval_tokens, metavar="N",
+                       help=f"perplexity on the first N tokens of the evaluation text (default: {whole})")
+    group.add_argument("--qa-limit", type=_int_at_least(1), default=None, metavar="N",
+                       help="QA accuracy on the first N questions (default: all 50)")
+
+
+def _distill_flags(parser: argparse.ArgumentParser) -> None:
+    # Spec flags default to None so that the library's StudentSpec defaults apply (the help repeats them).
+    group = parser.add_argument_group("student")
+    group.add_argument("--steps", type=_int_at_least(1), default=None, metavar="N",
+                       help="total training steps; a student trained fewer steps resumes (default 100)")
+    group.add_argument("--layers-ratio", type=_float_in(0.0, 0.9), default=None, metavar="R",
+                       help="share of the teacher's decoder layers the student drops (default 0.5)")
+    group.add_argument("--channels-ratio", type=_float_in(0.0, 0.9), default=None, metavar="R",
+                       help="share of the MLP channels the student drops as well (default 0)")
+    group.add_argument("--temperature", type=_positive_float, default=None, metavar="T",
+                       help="softens teacher and student distributions in the loss (default 2.0)")
+    group.add_argument("--lr", type=_positive_float, default=None, metavar="LR", help="learning rate (default 1e-4)")
+    group.add_argument("--train-batch-size", type=_int_at_least(1), default=None, metavar="N",
+                       help="sequences per training step (default 4)")
+    group.add_argument("--seq-len", type=_int_at_least(2), default=None, metavar="N",
+                       help="tokens per training sequence, prompt and answer (default 160)")
+    group.add_argument("--corpus-new-tokens", type=_int_at_least(1), default=None, metavar="N",
+                       help="length of each training answer the teacher writes (default 112)")
+    group.add_argument("--samples-per-prompt", type=_int_at_least(1), default=None, metavar="N",
+                       help="teacher answers per training prompt (default 2)")
+    group.add_argument("--seed", type=_int_at_least(0), default=None, metavar="S",
+                       help="seed of the training text and batch order (default 0)")
+    group.add_argument("--no-eval", action="store_true", help="skip measuring the student's and teacher's quality")
+    _quality_flags(parser, max_eval_tokens=1024)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
 def _recipe_flags() -> argparse.ArgumentParser:
@@ -74,13 +134,17 @@ def _recipe_flags() -> argparse.ArgumentParser:
     group.add_argument("--dtype", choices=DTYPES, default="fp32", help="weight format (default fp32)")
     # Backend names come from the quantization registry, which imports torch: the library checks them.
     group.add_argument("--backend", default="auto",
-                       help="library that runs a quantized dtype (default: auto, the fastest measured here)")
+                       help="library that runs a quantized dtype, e.g. torch-dynamic or bnb-nf4 (default: auto, the "
+                            "fastest measured here); a name that cannot run --dtype here is refused with the list "
+                            "of those that can")
     group.add_argument("--prune-method", choices=PRUNE_METHODS, default="none", help="default: none")
     group.add_argument("--prune-ratio", type=float, default=0.0, metavar="R",
                        help=f"share removed by pruning, 0 to {MAX_PRUNE_RATIO} (default 0)")
     group.add_argument("--prune-criterion", choices=PRUNE_CRITERIA, default="magnitude",
                        help="how magnitude and 2:4 pruning rank weights (default: magnitude)")
-    group.add_argument("--variant", default="none", help="distilled variant name (default: none)")
+    group.add_argument("--variant", default="none",
+                       help="distilled variant: none (default), a public student of --model, or the name of a "
+                            "student built by `workbench distill`")
     group.add_argument("--batch-size", type=int, default=1, metavar="N",
                        help="requests the worker may run together (default 1)")
     group.add_argument("--trust-remote-code", action="store_true",
@@ -117,6 +181,29 @@ def _int_at_least(low: int):
     return parse
 
 
+def _float_in(low: float, high: float):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be a number between {low:g} and {high:g}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text!r}")
+    return value
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
@@ -138,8 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     """
     from .loading import ModelSourceError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = build_parser().parse_args(argv)
+        args.argv = argv  # to repeat the command line in hints (resuming a student)
         return COMMANDS[args.command](args)
     except UsageError as exc:
         return _fail(_argparse_message(str(exc)))
@@ -212,6 +301,50 @@ def check_buildable(recipe: Recipe) -> Recipe:
 
 def _print_build_step(stage: str, fraction: float) -> None:
     print(f"{PROG}: [{fraction:4.0%}] {stage}", file=sys.stderr, flush=True)
+
+
+def _build_progress(who: str):
+    """A build progress callback whose lines say which model is being built (e.g. "baseline")."""
+
+    def on_step(stage: str, fraction: float) -> None:
+        print(f"{PROG}: {who}: [{fraction:4.0%}] {stage}", file=sys.stderr, flush=True)
+
+    return on_step
+
+
+class _Progress:
+    """A long job's ``on_step(i, total, metrics)`` that prints to stderr: a stage's first and last step, and
+    in between at most one line every ``every_s`` seconds."""
+
+    def __init__(self, who: str, every_s: float = 3.0):
+        self.who, self.every_s = who, every_s
+        self.last_stage, self.last_print = None, 0.0
+
+    def __call__(self, i: int, total: int, metrics: dict) -> None:
+        stage, now = metrics.get("stage", ""), time.monotonic()
+        if stage == self.last_stage and i not in (1, total) and now - self.last_print < self.every_s:
+            return
+        self.last_stage, self.last_print = stage, now
+        detail = ", ".join(_describe(k, v) for k, v in metrics.items() if k != "stage" and v is not None)
+        stage_text = f" {stage}" if stage else ""
+        count = f"step {i}/{total}" if i else "starting"  # step 0: a stage that comes before the steps
+        print(f"{PROG}: {self.who}{stage_text}: {count}" + (f", {detail}" if detail else ""),
+              file=sys.stderr, flush=True)
+
+
+def _describe(key: str, value) -> str:
+    if key == "eta_s":
+        return f"ETA {_duration(value)}"
+    if key == "accuracy":
+        return f"accuracy {value:.0%}"
+    if isinstance(value, float):
+        return f"{key.replace('_', ' ')} {value:.4g}"
+    return f"{key.replace('_', ' ')} {value}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def _history():
@@ -316,15 +449,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
             bench.check_batch_size(batch_size)
     except RecipeError as exc:
         raise RecipeError("batch-sizes", str(exc)) from None
+    evaluate = None
+    if args.eval:
+        def evaluate(optimized):
+            return quality_of(optimized, args.max_eval_tokens, args.qa_limit, _Progress("eval"))
+
     try:
         entries = bench.sweep(
             [recipe], batch_sizes, settings, args.runs, args.warmup, _print_run,
             history=_history(), trust_remote_code=args.trust_remote_code, on_build=_print_build_step,
+            evaluate=evaluate,
         )
     except bench.BenchError as exc:
         return _fail(str(exc), status=1)
     report = {"settings": asdict(settings), "runs": args.runs, "warmup": args.warmup,
               "batch_sizes": batch_sizes, "results": entries}
+    if args.eval:
+        report["quality_settings"] = _quality_settings(args)
     print(json.dumps(report, indent=2) if args.json else bench_table(entries))
     return 0
 
@@ -341,10 +482,23 @@ def _print_run(i: int, total: int, metrics: dict) -> None:
 def bench_table(entries: list[dict]) -> str:
     """A plain-text table of bench entries: one row per recipe and batch size."""
     header = ("recipe", "batch", "TTFT p50 ms", "TTFT p90 ms", "TPOT p50 ms", "decode tok/s med [min-max]",
-              "throughput tok/s", "peak RSS MB", "backend")
-    rows = [header] + [_table_row(e) for e in entries]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+              "throughput tok/s", "peak RSS MB", "weight MB", "backend")
+    rows = [_table_row(e) for e in entries]
+    if any("quality" in e for e in entries):
+        header += ("perplexity", "QA accuracy")
+        rows = [row + _quality_cells(e.get("quality")) for row, e in zip(rows, entries)]
+    return _columns([header, *rows])
+
+
+def _columns(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def _quality_cells(q: dict | None) -> tuple[str, str]:
+    if not q:
+        return ("n/a", "n/a")
+    return (f"{q['perplexity']:.2f}", f"{q['qa_correct']}/{q['qa_n']} ({q['qa_accuracy']:.0%})")
 
 
 def _table_row(entry: dict) -> tuple[str, ...]:
@@ -361,8 +515,221 @@ def _table_row(entry: dict) -> tuple[str, ...]:
         f"{num(decode['median'])} [{num(decode['min'])}-{num(decode['max'])}]",
         num(entry["throughput_tok_s"]),
         num(entry["peak_rss_mb"], 0),
+        num(entry["model"]["weight_bytes"] / 2**20),
         entry["model"]["backend"],
     )
 
 
-COMMANDS = {"generate": cmd_generate, "bench": cmd_bench}
+# ---- quality ------------------------------------------------------------------------------------
+
+
+QUALITY_KEYS = ("perplexity", "qa_accuracy", "qa_correct", "qa_n", "eval_tokens")
+
+
+def quality_of(optimized, max_eval_tokens: int | None, qa_limit: int | None, on_step=None) -> dict:
+    """Perplexity and QA accuracy of one built model (no baseline): ``{perplexity, qa_accuracy, qa_correct,
+    qa_n, eval_tokens}``."""
+    from . import quality
+
+    items = quality.load_qa()[:qa_limit] if qa_limit else None
+    report = quality.evaluate(optimized, None, max_tokens=max_eval_tokens, qa=items, on_step=on_step)
+    return {k: report[k] for k in QUALITY_KEYS}
+
+
+def _quality_settings(args: argparse.Namespace) -> dict:
+    return {"max_eval_tokens": args.max_eval_tokens, "qa_limit": args.qa_limit}
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``workbench eval``: perplexity, agreement with the baseline recipe and QA accuracy, of both.
+
+    The baseline is built and measured first, then freed, then the recipe: never two models in memory.
+    A recipe that is its own baseline is measured once (agreement 1.0).
+    """
+    from . import quality
+    from .optimize import build
+
+    recipe = check_buildable(recipe_from_args(args))
+    baseline = recipe.baseline()
+    check_buildable(baseline)
+    prompts = quality.load_prompts()
+    start = time.perf_counter()
+    measured = {}
+    for who, r in ([("recipe", recipe)] if recipe == baseline else [("baseline", baseline), ("recipe", recipe)]):
+        optimized = build(r, trust_remote_code=args.trust_remote_code, on_step=_build_progress(who))
+        measured[who] = _eval_one(optimized, args, prompts, _Progress(who))
+        del optimized
+        gc.collect()  # free this model before the next one is built: never two in memory
+    own = measured["recipe"]
+    base = measured.get("baseline", own)
+    report = {
+        **_without_tokens(own),
+        "agreement": quality.agreement(own["tokens"], base["tokens"]) if base is not own else 1.0,
+        "baseline": {**_without_tokens(base), "agreement": 1.0},
+        "settings": {**_quality_settings(args), "agreement_tokens": args.agreement_tokens,
+                     "agreement_prompts": len(prompts)},
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    print(json.dumps(report, indent=2) if args.json else eval_table(report))
+    return 0
+
+
+def _eval_one(optimized, args: argparse.Namespace, prompts: list[str], progress: _Progress) -> dict:
+    """Quality of one built model, plus its greedy tokens on the agreement prompts."""
+    from . import quality
+
+    measured = quality_of(optimized, args.max_eval_tokens, args.qa_limit, progress)
+    tokens = quality.greedy_tokens(optimized, prompts, args.agreement_tokens,
+                                   on_step=lambda i, n, m: progress(i, n, {"stage": "agreement", **m}))
+    recipe = optimized.recipe
+    return {"recipe": recipe.to_dict(), "recipe_key": recipe.key(), "label": recipe.label(), **measured,
+            "model": optimized.stats.to_dict(), "tokens": tokens}
+
+
+def _without_tokens(measured: dict) -> dict:
+    return {k: v for k, v in measured.items() if k != "tokens"}
+
+
+def eval_table(report: dict) -> str:
+    """Recipe and baseline side by side: perplexity, agreement, QA accuracy."""
+    header = ("", "perplexity", "agreement", "QA accuracy", "recipe")
+    rows = [header]
+    for who, m in (("recipe", report), ("baseline", report["baseline"])):
+        rows.append((who, f"{m['perplexity']:.2f}", f"{m['agreement']:.1%}",
+                     f"{m['qa_correct']}/{m['qa_n']} ({m['qa_accuracy']:.0%})", m["label"]))
+    note = (f"perplexity on {report['eval_tokens']} tokens of the evaluation text; agreement on "
+            f"{report['settings']['agreement_prompts']} prompts x {report['settings']['agreement_tokens']} "
+            "greedy tokens")
+    return _columns(rows) + "\n" + note
+
+
+# ---- distill ------------------------------------------------------------------------------------
+
+SPEC_FLAGS = {  # StudentSpec field -> the flag that sets it
+    "layers_ratio": "layers_ratio", "channels_ratio": "channels_ratio", "temperature": "temperature", "lr": "lr",
+    "batch_size": "train_batch_size", "seq_len": "seq_len", "corpus_new_tokens": "corpus_new_tokens",
+    "samples_per_prompt": "samples_per_prompt", "seed": "seed",
+}
+
+
+def spec_from_args(args: argparse.Namespace):
+    """The StudentSpec the flags describe (library defaults for flags not given)."""
+    from .optimize.distill import StudentSpec
+
+    given = {field: getattr(args, flag) for field, flag in SPEC_FLAGS.items() if getattr(args, flag) is not None}
+    defaults = StudentSpec.__dataclass_fields__
+    if given.get("layers_ratio", defaults["layers_ratio"].default) == 0 and not given.get("channels_ratio"):
+        raise RecipeError("layers-ratio", "a student must be smaller than its teacher: set --layers-ratio or "
+                                          "--channels-ratio above 0")
+    try:
+        return StudentSpec(**given)
+    except RecipeError as exc:  # the library names its own fields; say which flags set them
+        raise RecipeError("layers-ratio" if exc.field == "prune-ratio" else exc.field, str(exc)) from None
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    """``workbench distill``: build or resume a student of --model, then measure it and its teacher.
+
+    Ctrl-C asks the training loop to stop after the current step; it saves a checkpoint that the same
+    command resumes. A second Ctrl-C quits at once (back to the last periodic checkpoint).
+    """
+    from .optimize import distill as distillation
+
+    if args.variant != "none":
+        raise UsageError("--variant: distill builds a new student of --model; leave --variant out "
+                         "(give the student's name to --variant of the other commands)")
+    recipe = check_buildable(recipe_from_args(args))
+    spec = spec_from_args(args)
+    steps = args.steps or distillation.DEFAULT_STEPS
+    name = distillation.student_name(recipe.model, spec)
+    print(f"{PROG}: student {name} of {recipe.model}: {steps} steps", file=sys.stderr, flush=True)
+    try:
+        with _StopOnInterrupt() as interrupt:
+            result = distillation.distill(recipe.model, spec, steps, on_step=_Progress("distill"), stop=interrupt)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; {_resume_hint(args)} (from its last checkpoint)", file=sys.stderr)
+        return 130
+    stopped = result["steps"] < steps
+    report = {**result, "requested_steps": steps, "stopped": stopped, "spec": asdict(spec),
+              "student": None, "teacher": None, "variant_flag": f"--variant {result['name']}"}
+    if stopped:
+        print(f"{PROG}: stopped at step {result['steps']} of {steps}; {_resume_hint(args)}", file=sys.stderr)
+    if not (args.no_eval or interrupt.requested):
+        student_recipe = replace(recipe, variant=result["name"])
+        report["student"] = _quality_of_recipe(student_recipe, "student", args)
+        report["teacher"] = _quality_of_recipe(recipe.baseline(), "teacher", args)
+        report["quality_settings"] = _quality_settings(args)
+    print(json.dumps(report, indent=2) if args.json else distill_text(report))
+    return 130 if interrupt.requested else 0
+
+
+def _quality_of_recipe(recipe: Recipe, who: str, args: argparse.Namespace) -> dict:
+    """Build a recipe, measure its quality, free it."""
+    from .optimize import build
+
+    optimized = build(recipe, trust_remote_code=args.trust_remote_code, on_step=_build_progress(who))
+    measured = {"recipe": recipe.to_dict(), **quality_of(optimized, args.max_eval_tokens, args.qa_limit,
+                                                         _Progress(who))}
+    del optimized
+    gc.collect()
+    return measured
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    return f"run the same command to resume: {PROG} {shlex.join(args.argv)}"
+
+
+class _StopOnInterrupt:
+    """The ``stop`` callable of a training loop: the first Ctrl-C makes it return True (the loop then saves a
+    checkpoint and returns); a second Ctrl-C raises KeyboardInterrupt as usual."""
+
+    requested = False
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():  # only the main thread receives signals
+            self.previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        # os.write, not print: a signal handler may run while print holds stderr's buffer.
+        os.write(2, f"\n{PROG}: stopping after this step and saving a checkpoint "
+                    "(Ctrl-C again to quit without saving)\n".encode())
+
+
+def distill_text(report: dict) -> str:
+    """The student's name, how it was trained, and its quality beside the teacher's."""
+    steps = f"{report['steps']} step{'s' if report['steps'] != 1 else ''}"
+    lines = [
+        f"{report['name']}: {steps}, loss {_num(report['first_loss'], 4)} -> {_num(report['loss'], 4)}, "
+        f"{_count(report['params'])} parameters (teacher {_count(report['teacher_params'])}), "
+        f"{report['seconds']:.0f} s of training",
+        f"use it with: {report['variant_flag']}",
+    ]
+    if report["student"] and report["teacher"]:
+        rows = [("", "perplexity", "QA accuracy")]
+        for who in ("student", "teacher"):
+            rows.append((who,) + _quality_cells(report[who]))
+        lines += ["", _columns(rows)]
+    return "\n".join(lines)
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
+
+
+def _num(value, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}g}"
+
+
+COMMANDS = {"generate": cmd_generate, "bench": cmd_bench, "eval": cmd_eval, "distill": cmd_distill}

@@ -1,4 +1,4 @@
-"""Models shared by every browser session: one ModelSlot per recipe, built in the background.
+"""What every browser session shares: one ModelSlot per recipe, built in the background, and the job registry.
 
 A cached function may not write into Streamlit containers created outside it, so ``model_slot`` returns at
 once with a ``ModelSlot`` whose build runs on its own thread; pages poll the slot to draw progress.
@@ -18,6 +18,7 @@ from ..loading import ModelSourceError
 from ..metrics import HistoryStore
 from ..optimize import OptimizedModel, build
 from ..recipe import Recipe, RecipeError
+from .jobs import JobRegistry
 
 log = logging.getLogger(__name__)
 
@@ -120,3 +121,9 @@ def model_slot(recipe: Recipe, trust_remote_code: bool) -> ModelSlot:
         trust_remote_code: allow hub model code; part of the key, so ticking it rebuilds.
     """
     return ModelSlot(recipe, trust_remote_code)
+
+
+@st.cache_resource(show_spinner=False)
+def job_registry() -> JobRegistry:
+    """The background jobs of this server (students being built, recipes being measured)."""
+    return JobRegistry()

@@ -128,6 +128,81 @@ def history_figure(rows: list[dict], title: str = "Request history") -> go.Figur
     return fig
 
 
+BETTER_COLOUR = "#2b8a3e"
+WORSE_COLOUR = "#e8590c"
+SAME_COLOUR = "#868e96"
+
+
+def ratio_figure(ratios: list[dict], title: str = "This recipe ÷ baseline") -> go.Figure:
+    """Horizontal bars of recipe ÷ baseline per measure, coloured by whether that is better or worse.
+
+    Args:
+        ratios: ``changes.ratios`` output: ``name``, ``ratio``, ``better`` (True / False / None), ``text``.
+        title: the chart title.
+    """
+    fig = go.Figure()
+    colour = {True: BETTER_COLOUR, False: WORSE_COLOUR, None: SAME_COLOUR}
+    for better, legend in ((True, "better than baseline"), (False, "worse than baseline"), (None, "about the same")):
+        shown = [r for r in ratios if r["better"] is better]
+        if not shown:
+            continue
+        fig.add_trace(go.Bar(
+            x=[r["ratio"] for r in shown],
+            y=[r["name"] for r in shown],
+            orientation="h",
+            marker=dict(color=colour[better]),
+            text=[r["text"] for r in shown],
+            textposition="outside",
+            cliponaxis=False,
+            name=legend,
+            hovertemplate="%{y}: %{x:.3f}× baseline<extra></extra>",
+        ))
+    if not ratios:
+        _empty_note(fig, "Nothing measured yet")
+    fig.add_vline(x=1, line=dict(dash="dot", width=1.5, color="#495057"), annotation_text="baseline = 1",
+                  annotation_position="top", annotation_font=dict(size=11, color="#495057"))
+    top = max([r["ratio"] for r in ratios] + [1.0])
+    fig.update_layout(
+        title=dict(text=title, font=dict(size=14)),
+        xaxis=dict(title="× baseline", range=[0, top * 1.3], zeroline=True),
+        yaxis=dict(categoryorder="array", categoryarray=[r["name"] for r in reversed(ratios)], automargin=True),
+        barmode="overlay",
+        height=80 + 48 * max(len(ratios), 2),
+        margin=dict(l=10, r=30, t=50, b=10),
+        legend=dict(orientation="h", yanchor="top", y=-0.25, x=0),
+        font=_FONT,
+    )
+    return fig
+
+
+def loss_figure(steps: list[int], losses: list[float], title: str = "Distillation loss") -> go.Figure:
+    """The distillation loss (KL divergence to the teacher) per step.
+
+    Args:
+        steps: step numbers, ascending.
+        losses: the loss at each of those steps.
+        title: the chart title.
+    """
+    fig = go.Figure()
+    if steps:
+        fig.add_trace(go.Scatter(x=steps, y=losses, mode="lines+markers" if len(steps) < 40 else "lines",
+                                 marker=dict(size=4, color=GAP_COLOUR), line=dict(width=1.5, color=GAP_COLOUR),
+                                 name="loss", hovertemplate="step %{x}<br>loss %{y:.4f}<extra></extra>"))
+    else:
+        _empty_note(fig, "The loss appears once training starts")
+    fig.update_layout(
+        title=dict(text=title, font=dict(size=14)),
+        xaxis_title="step",
+        yaxis_title="KL divergence to the teacher",
+        yaxis=dict(rangemode="tozero"),
+        showlegend=False,
+        height=300,
+        margin=dict(l=10, r=10, t=40, b=10),
+        font=_FONT,
+    )
+    return fig
+
+
 def _series(rows: list[dict]) -> dict[tuple[str, str], list[tuple[int, dict]]]:
     """Rows numbered 1.. in time order, grouped by (recipe label, cache outcome)."""
     out: dict[tuple[str, str], list[tuple[int, dict]]] = {}

@@ -11,10 +11,16 @@ MODEL_CHOICE = "recipe.model_choice"  # "embedded", a catalog hub id, or OTHER_M
 MODEL_OTHER = "recipe.model_other"  # free text: hub id, model directory or .gguf file
 DEVICE = "recipe.device"
 DTYPE = "recipe.dtype"
+BACKEND = "recipe.backend"  # a quantization backend name; only while the dtype has several
+PRUNE_METHOD = "recipe.prune_method"
+PRUNE_RATIO = "recipe.prune_ratio"
+PRUNE_CRITERION = "recipe.prune_criterion"  # only for magnitude and 2:4
+VARIANT = "recipe.variant"  # "none", a public student's catalog name or a student built here
 TRUST_REMOTE_CODE = "recipe.trust_remote_code"
 
 # What the sidebar resolved, read by pages: a Recipe (device resolved) or None when the input is invalid.
 RECIPE = "recipe.current"
+RECIPE_ERROR = "recipe.error"  # why the sidebar's choices cannot be built here, or None
 REMOTE_CODE_ALLOWED = "recipe.remote_code_allowed"  # the checkbox, counted only for hub ids
 
 # Chat page.
@@ -26,6 +32,14 @@ TOP_P = "chat.top_p"
 SEED = "chat.seed"
 STOP = "chat.stop"  # the Stop button shown while a reply streams
 TURN_DONE = "chat.turn_done"  # threading.Event of the latest reply: set once it is stored in MESSAGES
+
+# What changed page.
+MEASUREMENTS = "changes.measurements"  # recipe key -> the result of measure.measure_pair
+QUICK_MEASURE = "changes.quick"
+
+# Build a student page.
+STUDENT_STEPS = "student.steps"
+STUDENT_LAYERS = "student.layers_ratio"
 
 OTHER_MODEL = "__other__"  # the "Other…" entry of the model selectbox (a value, not a key)
 
@@ -57,9 +71,24 @@ def wait_for_turn(timeout_s: float) -> bool:
     return done is None or done.wait(timeout_s)
 
 
+def measurements() -> dict:
+    """This session's speed and quality measurements, by recipe key, created empty on first use."""
+    return st.session_state.setdefault(MEASUREMENTS, {})
+
+
+def use_variant(name: str) -> None:
+    """Select a distilled variant in the sidebar (a button callback, so it runs before the sidebar draws)."""
+    st.session_state[VARIANT] = name
+
+
 def current_recipe():
     """The recipe the sidebar resolved on this run, or None when its input is invalid."""
     return st.session_state.get(RECIPE)
+
+
+def recipe_error() -> str | None:
+    """Why the sidebar's choices cannot be built on this machine (None when they can, or no model is chosen)."""
+    return st.session_state.get(RECIPE_ERROR)
 
 
 def remote_code_allowed() -> bool:

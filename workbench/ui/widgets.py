@@ -11,10 +11,13 @@ from collections.abc import Iterator
 import streamlit as st
 
 from .. import catalog, devices, loading, optimize
+from ..optimize import distill, quantize
 from ..engine import Engine, GenerationResult, GenerationSettings, Request, TokenEvent
 from ..metrics import HistoryStore
-from ..recipe import EMBEDDED, FLOAT_DTYPES, Recipe, RecipeError
+from ..recipe import (DTYPES, EMBEDDED, FLOAT_DTYPES, MAX_PRUNE_RATIO, PRUNE_CRITERIA, PRUNE_METHODS, PruneSpec, Recipe,
+                      RecipeError)
 from . import cached, charts, state
+from .units import human_bytes, human_count, sentence
 
 POLL_S = 0.2  # how often a waiting script wakes to redraw progress (and to let Stop interrupt it)
 CHART_EVERY_S = 0.4  # minimum time between two redraws of the live latency chart
@@ -22,27 +25,157 @@ RESULT_TIMEOUT_S = 300.0  # a stopped request ends after its current token; this
 FINISH_REASONS = {"eos": "ended (EOS)", "length": "max new tokens reached", "stopped": "stopped", "error": "error"}
 _END = object()
 
+DTYPE_LABELS = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "int8 (quantized)", "int4": "int4 (quantized)",
+                "nf4": "nf4 (quantized, 4-bit NormalFloat)", "fp4": "fp4 (quantized, 4-bit float)"}
+PRUNE_LABELS = {"none": "none", "magnitude": "magnitude — unstructured zeros", "2:4": "2:4 — semi-structured zeros",
+                "channels": "channels — narrower MLPs", "layers": "layers — fewer decoder layers"}
+RATIO_LABELS = {"magnitude": "Weights zeroed", "2:4": "Weights zeroed (fixed by 2:4)",
+                "channels": "MLP channels removed", "layers": "Decoder layers removed"}
+CRITERION_LABELS = {"magnitude": "|W| magnitude", "wanda": "Wanda |W|·‖X‖ — better"}
+
+
+# Pages -----------------------------------------------------------------------------------------------------
+
+
+def require_app() -> None:
+    """Make sure this page runs inside app.py's navigation (with the recipe sidebar), not on its own.
+
+    Until a script calls ``st.navigation``, Streamlit treats a ``pages/`` folder as its older multipage layout;
+    so the first visit to a fresh server through a page's URL (a bookmark of /recipe) would run that page
+    without app.py. Switching the flag that ``st.navigation`` sets and rerunning sends it through app.py,
+    onto the same page (both layouts name a page by its URL path).
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
 
 # Recipe sidebar ---------------------------------------------------------------------------------------------
 
 
 def recipe_sidebar() -> Recipe | None:
-    """Draw the recipe controls in the sidebar; store and return the resolved recipe (None if invalid)."""
+    """Draw the recipe controls in the sidebar; store and return the resolved recipe (None if invalid).
+
+    Model and device, then quantization (dtype and the backend that runs it), pruning (method, ratio,
+    criterion) and the distilled variant. Any change makes a new recipe, whose model ``require_engine``
+    builds; a combination this machine cannot run is shown as a message and stored as ``RECIPE_ERROR``.
+    """
     with st.sidebar:
         st.header("Recipe")
         model = _model_input()
         device = st.selectbox("Device", devices.available_devices(), key=state.DEVICE,
                               help="Only devices present on this machine are listed; auto picks the fastest.")
-        dtype = st.selectbox("dtype", FLOAT_DTYPES, key=state.DTYPE, help="Weight and activation precision.")
+        if device == "auto":
+            st.caption(f"auto → {_concrete_device(device)}")
+        dtype = st.selectbox("dtype", DTYPES, key=state.DTYPE, format_func=DTYPE_LABELS.get,
+                             help="fp32, fp16 and bf16 cast the weights; int8, int4, nf4 and fp4 quantize the "
+                                  "Linear layers (not the embeddings or the LM head) through the backend shown.")
+        backend = _backend_input(dtype, _concrete_device(device))
+        prune = _prune_input()
+        variant = _variant_input(model)
         trust = False
         if model and _is_hub_id(model):
             trust = st.checkbox("Allow remote code (trust_remote_code)", key=state.TRUST_REMOTE_CODE,
                                 help="Some hub models ship their own Python code. Allow it only if you trust "
                                      "the model's authors.")
-        recipe = _resolve_recipe(model, device, dtype)
+        recipe, problem = (None, None) if model is None else resolve_choice(model, device, dtype, backend, prune,
+                                                                             variant)
+        if problem:
+            st.error(problem, icon=":material/block:")
     st.session_state[state.RECIPE] = recipe
+    st.session_state[state.RECIPE_ERROR] = problem
     st.session_state[state.REMOTE_CODE_ALLOWED] = trust
     return recipe
+
+
+def resolve_choice(model: str, device: str, dtype: str, backend: str = "auto", prune: PruneSpec = PruneSpec(),
+                   variant: str = "none") -> tuple[Recipe | None, str | None]:
+    """The recipe the sidebar's choices describe, checked against this machine: (recipe, None) or (None, why).
+
+    "auto" device and backend are made concrete, so that the cache key names what really runs; a backend
+    that does not run on the device, or a variant that does not exist, is a message, never an exception.
+    """
+    try:
+        recipe = Recipe(model=model, device=device, dtype=dtype, backend=backend, prune=prune, variant=variant)
+        return optimize.check_supported(recipe), None
+    except RecipeError as exc:
+        return None, str(exc)
+
+
+def _concrete_device(device: str) -> str:
+    try:
+        return devices.resolve_device(device)
+    except RecipeError:
+        return device  # resolve_choice reports it
+
+
+def _backend_input(dtype: str, device: str) -> str:
+    """The backend that runs ``dtype`` on ``device``: shown when there is one, a choice when there are several."""
+    if dtype in FLOAT_DTYPES:
+        st.caption(f"Runs on dense {dtype} matmuls (PyTorch {device.upper()}).")
+        return "torch"
+    options = [b.name for b in quantize.backends_for(dtype, device)]
+    if not options:
+        return "auto"  # resolve_choice says what does run here
+    if len(options) == 1:
+        only = quantize.BACKENDS[options[0]]
+        st.caption(f"Runs on **{only.label}**. {sentence(only.why)}")
+        return only.name
+    if st.session_state.get(state.BACKEND) not in options:
+        st.session_state.pop(state.BACKEND, None)  # a choice made for another dtype or device: the default
+    default = options[0]
+    name = st.selectbox("Backend", options, key=state.BACKEND,
+                        format_func=lambda n: quantize.BACKENDS[n].label + (" (default)" if n == default else ""),
+                        help=f"The libraries that run {dtype} on {device} here, the fastest measured first.")
+    st.caption(sentence(quantize.BACKENDS[name].why))
+    return name
+
+
+def _prune_input() -> PruneSpec:
+    method = st.selectbox("Pruning", PRUNE_METHODS, key=state.PRUNE_METHOD, format_func=PRUNE_LABELS.get,
+                          help="Unstructured and 2:4 pruning zero weights in place (same shapes, same dense "
+                               "kernels); channels and layers really remove them.")
+    if method == "none":
+        return PruneSpec()
+    if method == "2:4":
+        st.slider(RATIO_LABELS[method], 0, 90, 50, 5, format="%d%%", disabled=True, key=state.PRUNE_RATIO + ".2:4",
+                  help="2 of every 4 consecutive weights are zero: 50% by definition.")
+        percent = 50
+    else:
+        percent = st.slider(RATIO_LABELS[method], 0, int(MAX_PRUNE_RATIO * 100), 50, 5, format="%d%%",
+                            key=state.PRUNE_RATIO)
+    criterion = "magnitude"
+    if method in ("magnitude", "2:4"):
+        criterion = st.radio("Importance of a weight", PRUNE_CRITERIA, key=state.PRUNE_CRITERION,
+                             format_func=CRITERION_LABELS.get,
+                             help="Wanda weighs each |W| by the norm of the activations it multiplies, measured on "
+                                  "calibration text; at the same sparsity it keeps much more quality than |W| alone.")
+    return PruneSpec(method, percent / 100, criterion)
+
+
+def _variant_input(model: str | None) -> str:
+    options = {"none": "none"}
+    public: set[str] = set()
+    if model:
+        for student in distill.public_students(model):
+            cached_here = catalog.hub_cached(student.model)
+            options[student.name] = f"{student.name} (public{'' if cached_here else ' · not downloaded'})"
+            if not cached_here:
+                public.add(student.name)
+        for student in distill.list_students(model):
+            share = student["params"] / student["teacher_params"] if student.get("teacher_params") else 0
+            options[student["name"]] = f"{student['name']} (built here · {student['steps']} steps · {share:.0%} size)"
+    if st.session_state.get(state.VARIANT) not in options:
+        st.session_state.pop(state.VARIANT, None)  # a variant of another model, or one that was deleted
+    variant = st.selectbox("Distilled variant", list(options), key=state.VARIANT, format_func=options.get,
+                           help="A smaller student trained to imitate this model: a public distilled pair, or one "
+                                "made on the Build a student page.")
+    if variant in public:
+        st.warning(f"{variant} is not in the local Hugging Face cache: building it downloads it, which needs the "
+                   "network.", icon=":material/cloud_download:")
+    return variant
 
 
 def _model_input() -> str | None:
@@ -73,57 +206,71 @@ def _is_hub_id(model: str) -> bool:
         return False
 
 
-def _resolve_recipe(model: str | None, device: str, dtype: str) -> Recipe | None:
-    if model is None:
-        return None
-    try:
-        # Resolved ("auto" device and backend made concrete) so the cache key names what really runs.
-        recipe = optimize.resolve(Recipe(model=model, device=device, dtype=dtype))
-    except RecipeError as exc:
-        st.error(str(exc))
-        return None
-    if device == "auto":
-        st.caption(f"auto → {recipe.device}")
-    return recipe
-
-
 # Model loading ----------------------------------------------------------------------------------------------
 
 
 def require_engine() -> Engine:
     """The engine of the sidebar's recipe; while it builds, show progress; on failure, an error and stop."""
-    recipe = state.current_recipe()
-    if recipe is None:
-        st.info("Choose a model in the sidebar to start.")
-        st.stop()
-    slot = cached.model_slot(recipe, state.remote_code_allowed())
-    if not slot.done:
-        _await_build(slot)
-    if slot.error:
-        st.error(slot.error)
-        st.stop()
-    if slot.engine is None:  # released between our lookup and now (another session switched recipes)
-        st.warning("This model was just unloaded to make room for another recipe; reload the page to rebuild it.")
-        st.stop()
+    (slot,) = require_slots(require_recipe())
     model_card(slot)
     return slot.engine
 
 
-def _await_build(slot: cached.ModelSlot) -> None:
-    # Blocks this run (the page needs the model) but redraws every POLL_S, which also lets a sidebar change
-    # interrupt the wait; the build itself carries on in the background.
-    bar = st.progress(slot.fraction, text=_build_text(slot))
-    while not slot.wait(POLL_S):
-        bar.progress(slot.fraction, text=_build_text(slot))
-    bar.empty()
+def require_recipe() -> Recipe:
+    """The sidebar's recipe; without one, say why (no model chosen, or a combination that cannot run) and stop."""
+    recipe = state.current_recipe()
+    if recipe is None:
+        problem = state.recipe_error()
+        if problem:
+            st.warning(f"The recipe in the sidebar cannot run here: {problem}", icon=":material/block:")
+        else:
+            st.info("Choose a model in the sidebar to start.")
+        st.stop()
+    return recipe
+
+
+def require_slots(*recipes: Recipe) -> list[cached.ModelSlot]:
+    """The shared slots of these recipes, ready; their builds run together, each with a progress bar.
+
+    On a failed build, show its error and stop; the same for a model unloaded meanwhile to make room.
+    """
+    trust = state.remote_code_allowed()
+    slots = [cached.model_slot(recipe, trust) for recipe in dict.fromkeys(recipes)]
+    _await_builds([slot for slot in slots if not slot.done])
+    for slot in slots:
+        if slot.error:
+            st.error(slot.error)
+            st.stop()
+        if slot.engine is None:  # released between our lookup and now (another session switched recipes)
+            st.warning("This model was just unloaded to make room for another recipe; reload the page to rebuild it.")
+            st.stop()
+    return slots
+
+
+def _await_builds(slots: list[cached.ModelSlot]) -> None:
+    # Blocks this run (the page needs the models) but redraws every POLL_S, which also lets a sidebar change
+    # interrupt the wait; the builds themselves carry on in the background.
+    if not slots:
+        return
+    bars = [st.progress(slot.fraction, text=_build_text(slot)) for slot in slots]
+    while not all(slot.wait(POLL_S / len(slots)) for slot in slots):
+        for bar, slot in zip(bars, slots):
+            bar.progress(slot.fraction, text=_build_text(slot))
+    for bar in bars:
+        bar.empty()
 
 
 def _build_text(slot: cached.ModelSlot) -> str:
     return f"Building {slot.recipe.label()}: {slot.stage} — {slot.elapsed_s:.1f} s"
 
 
-def model_card(slot: cached.ModelSlot) -> None:
-    """The loaded model in the sidebar: recipe label and key, parameters, weight bytes, build time, notes."""
+def model_card(slot: cached.ModelSlot, notes: bool = True) -> None:
+    """The loaded model in the sidebar: recipe label and key, parameters, weight bytes, build time, notes.
+
+    Args:
+        slot: a ready slot.
+        notes: draw the build notes too (a page that shows them itself passes False).
+    """
     optimized = slot.optimized
     if optimized is None:
         return
@@ -134,26 +281,18 @@ def model_card(slot: cached.ModelSlot) -> None:
         st.markdown(
             f"**{recipe.label()}**  \nrecipe key `{recipe.key()}`  \n"
             f"{human_count(stats.params)} parameters · {human_bytes(stats.weight_bytes)} of weights  \n"
-            f"built in {stats.build_s:.1f} s · backend: {stats.backend}"
+            + nonzero_line(stats.params, stats.nonzero_params)
+            + f"built in {stats.build_s:.1f} s · backend: {stats.backend}"
         )
-        for note in optimized.notes:
-            st.info(note, icon=":material/info:")
+        if notes and optimized.notes:
+            st.info("\n".join(f"- {note}" for note in optimized.notes), icon=":material/info:")
 
 
-def human_count(n: int) -> str:
-    """134515008 -> '134.5 M'."""
-    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return str(n)
-
-
-def human_bytes(n: int) -> str:
-    """538060032 -> '538.1 MB' (decimal units, as disk and download sizes are given)."""
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
+def nonzero_line(params: int, nonzero: int) -> str:
+    """'67.3 M non-zero parameters (50% zero)' and a line break, or '' when (almost) no weight is zero."""
+    if nonzero >= params * 0.995:  # a dense model has a few exact zeros of its own
+        return ""
+    return f"{human_count(nonzero)} non-zero parameters ({1 - nonzero / params:.0%} zero)  \n"
 
 
 # Generation settings ----------------------------------------------------------------------------------------
