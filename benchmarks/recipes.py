@@ -14,7 +14,7 @@ Prints a markdown table, and beside it the targets some recipes are expected to 
 nothing: the figures are whatever this machine measured.
 
 Run: ``python benchmarks/recipes.py [--runs 3] [--max-new-tokens 64] [--student NAME | --distill-steps N]
-[--only LABEL,...] [--json]``.
+[--only LABEL,...] [--no-eval] [--json]``.
 """
 
 from __future__ import annotations
@@ -56,9 +56,11 @@ def recipes(device: str, student: str | None) -> list[tuple[str, list[str]]]:
 
 def run_recipe(label: str, flags: list[str], args: argparse.Namespace) -> dict:
     """One recipe in its own process; returns its bench entry, or {"error": ...} if the process failed."""
-    command = [sys.executable, "-m", "workbench", "bench", "--json", "--eval", "--model", args.model,
+    command = [sys.executable, "-m", "workbench", "bench", "--json", "--model", args.model,
                "--device", args.device, "--runs", str(args.runs), "--warmup", str(args.warmup),
                "--max-new-tokens", str(args.max_new_tokens), *flags]
+    if not args.no_eval:
+        command.append("--eval")
     if args.max_eval_tokens:
         command += ["--max-eval-tokens", str(args.max_eval_tokens)]
     if args.qa_limit:
@@ -175,6 +177,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens per run (default 64)")
     parser.add_argument("--max-eval-tokens", type=int, default=None, help="perplexity text cap (default: all)")
     parser.add_argument("--qa-limit", type=int, default=None, help="first N QA questions (default: all)")
+    parser.add_argument("--no-eval", action="store_true", help="timing and memory only: no perplexity or QA")
     student = parser.add_mutually_exclusive_group()
     student.add_argument("--student", default=None, help="a student built by `workbench distill`, as --variant")
     student.add_argument("--distill-steps", type=int, default=None,
@@ -194,9 +197,9 @@ def main() -> None:
         start = time.perf_counter()
         entry = run_recipe(label, flags, args)
         entries.append(entry)
-        summary = entry.get("error") or (f"{entry['decode_tok_s']['median']:.1f} tok/s, "
-                                          f"ppl {entry['quality']['perplexity']:.2f}, "
-                                          f"QA {entry['quality']['qa_accuracy']:.0%}")
+        summary = entry.get("error") or f"{entry['decode_tok_s']['median']:.1f} tok/s"
+        if "quality" in entry:
+            summary += f", ppl {entry['quality']['perplexity']:.2f}, QA {entry['quality']['qa_accuracy']:.0%}"
         print(f"[{i}/{len(chosen)}] {label}: {summary} ({time.perf_counter() - start:.0f} s)", file=sys.stderr,
               flush=True)
     reference = entries[0]

@@ -93,7 +93,7 @@ def test_a_slower_recipe_is_called_slower_in_plain_words():
     level, sentence = changes.verdict(SLOWER)
     assert level == "slower" and "0.82× — slower than baseline on this CPU" in sentence
     rows = {r[""]: r for r in changes.measured_rows(SLOWER, changes.device_word("cpu"))}
-    assert rows["Decode speed (tok/s, median)"]["Change"] == "0.82× — slower than baseline on this CPU"
+    assert rows["Decode speed (tok/s, median and range)"]["Change"] == "0.82× — slower than baseline on this CPU"
     assert rows["Weight bytes"]["Change"] == "4.00× smaller"
     assert rows["Perplexity (lower is better)"]["Change"] == "+20.0% — worse"
     assert rows["QA accuracy"]["Change"] == "-10 points — worse"
@@ -109,6 +109,15 @@ def test_ratios_are_recipe_over_baseline_coloured_by_better_or_worse():
     assert "QA accuracy" not in {r["name"] for r in changes.ratios(zero_qa)}  # no ratio to a zero
     fig = charts.ratio_figure(changes.ratios(SLOWER))
     assert {t.name for t in fig.data} == {"better than baseline", "worse than baseline"}
+
+
+def test_the_range_of_runs_shows_and_a_busy_machine_is_flagged():
+    spread = result({**SLOWER["recipe"], "decode_tok_s_range": (39.0, 43.5)}, SLOWER["baseline"])
+    rows = {r[""]: r for r in changes.measured_rows(spread)}
+    assert rows["Decode speed (tok/s, median and range)"]["This recipe"] == "41.0 (39.0–43.5)"
+    assert rows["Decode speed (tok/s, median and range)"]["Baseline"] == "50.0"
+    assert changes.busy_note({**SLOWER, "load_before": 0.3, "cpus": 2}) is None
+    assert "load 3.9 on 2 cores" in changes.busy_note({**SLOWER, "load_before": 3.9, "cpus": 2})
 
 
 def test_about_the_same_speed_says_so():
@@ -274,7 +283,7 @@ def test_what_changed_renders_and_measures_side_by_side(tiny_model_dir):
     assert not at.exception
     run_until(at, lambda a: len(a.dataframe) == 2)
     measured = {r[""]: r for r in at.dataframe[1].value.to_dict("records")}
-    for row in ("Decode speed (tok/s, median)", "Time to first token (ms, median)", "Weight bytes",
+    for row in ("Decode speed (tok/s, median and range)", "Time to first token (ms, median)", "Weight bytes",
                 "Perplexity (lower is better)", "QA accuracy"):
         assert measured[row]["Baseline"] != "–" and measured[row]["This recipe"] != "–"
     assert any("Measured on this machine at" in c.value and "QA on 10 questions" in c.value for c in at.caption)

@@ -6,6 +6,7 @@ into table rows, ratios and one plain sentence. Nothing here touches Streamlit.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -41,6 +42,7 @@ def measure_pair(job: Job, optimized, baseline, quick: bool = False) -> dict:
         baseline: the baseline's ``OptimizedModel`` (may be ``optimized`` itself: measured once).
         quick: the first ``QUICK_QA`` questions and ``QUICK_PROMPTS`` prompts instead of all of them.
     """
+    load_before = _load()
     same = baseline is optimized or baseline.recipe == optimized.recipe
     models = {"recipe": optimized} if same else {"baseline": baseline, "recipe": optimized}
     speed = {side: _speed(job, side, model, list(models).index(side), len(models)) for side, model in models.items()}
@@ -66,6 +68,8 @@ def measure_pair(job: Job, optimized, baseline, quick: bool = False) -> dict:
         "baseline_label": baseline.recipe.label(),
         "device": optimized.recipe.device,
         "measured_at": time.time(),
+        "load_before": load_before,  # 1-minute load average when the measurement started (None if unknown)
+        "cpus": os.cpu_count(),
         "quick": quick,
         "runs": RUNS,
         "max_new_tokens": MAX_NEW_TOKENS,
@@ -92,10 +96,31 @@ def _speed(job: Job, side: str, model, index: int, n_models: int) -> dict:
                             warmup=WARMUP, on_step=on_run, optimized=model)
     return {
         "decode_tok_s": entry["decode_tok_s"]["median"],
+        "decode_tok_s_range": (entry["decode_tok_s"]["min"], entry["decode_tok_s"]["max"]),
         "ttft_ms": entry["ttft_ms"]["p50"],
         "tpot_ms": entry["tpot_ms"]["p50"],
         "bandwidth_gb_s": entry["bandwidth_gb_s"],
     }
+
+
+def _load() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on every platform
+        return None
+
+
+def busy_note(result: dict) -> str | None:
+    """A warning when the machine was already busy as the measurement started, else None.
+
+    On a busy CPU, batch-1 decoding slows down far more than the share of CPU taken: each small matmul ends
+    at a barrier of all its threads, and one descheduled thread stalls them all.
+    """
+    load, cpus = result.get("load_before"), result.get("cpus")
+    if load is None or not cpus or load < 0.5 * cpus:
+        return None
+    return (f"The machine was already busy when this was measured (load {load:.1f} on {cpus} cores): speed "
+            "figures are lower and noisier than on an idle machine. Measure again when it is idle to compare.")
 
 
 def _quality_text(stage: str) -> str:
@@ -161,7 +186,7 @@ class Measure:
 
 
 MEASURES = (
-    Measure("decode_tok_s", "Decode speed (tok/s, median)", "{:.1f}", True, True),
+    Measure("decode_tok_s", "Decode speed (tok/s, median and range)", "{:.1f}", True, True),
     Measure("ttft_ms", "Time to first token (ms, median)", "{:.0f}", False, True),
     Measure("tpot_ms", "Time per output token (ms, median)", "{:.1f}", False, False),
     Measure("bandwidth_gb_s", "Weights read per second (GB/s)", "{:.2f}", None, False),
@@ -177,14 +202,19 @@ def measured_rows(result: dict, device_word: str = "") -> list[dict]:
     rows = []
     for m in MEASURES:
         base, mine = result["baseline"].get(m.key), result["recipe"].get(m.key)
-        rows.append(_row(m.name, _fmt(m, base), _fmt(m, mine), _change(m, mine, base, device_word)))
+        spreads = [result[side].get(m.key + "_range") for side in SIDES]
+        rows.append(_row(m.name, _fmt(m, base, spreads[0]), _fmt(m, mine, spreads[1]),
+                         _change(m, mine, base, device_word)))
     return rows
 
 
-def _fmt(m: Measure, value) -> str:
+def _fmt(m: Measure, value, spread: tuple | None = None) -> str:
     if value is None:
         return "–"
-    return human_bytes(value) if m.key == "weight_bytes" else m.fmt.format(value)
+    text = human_bytes(value) if m.key == "weight_bytes" else m.fmt.format(value)
+    if spread and None not in spread and spread[0] != spread[1]:
+        text += f" ({m.fmt.format(spread[0])}–{m.fmt.format(spread[1])})"  # the runs' range: how noisy it is
+    return text
 
 
 def _change(m: Measure, mine, base, device_word: str) -> str:

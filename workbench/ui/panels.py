@@ -128,6 +128,9 @@ def measured(result: dict) -> None:
         f"tokens of the evaluation text; QA on {result['qa_n']} questions; agreement on {result['prompts_n']} "
         "prompts. Anything else running here (a chat, a student being built) slows the models it overlaps."
     )
+    busy = changes.busy_note(result)
+    if busy:
+        st.warning(busy, icon=":material/speed:")
     level, verdict = changes.verdict(result)
     show = {"slower": st.warning, "faster": st.success, "same": st.info}[level]
     show(verdict, icon={"slower": ":material/trending_down:", "faster": ":material/trending_up:",
