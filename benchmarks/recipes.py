@@ -36,7 +36,7 @@ TARGETS = {"channels 0.5": 1.2, "layers 0.5": 1.6, "int8 (default)": 1.3}
 STUDENT_RECOVERY_TARGET = 0.5
 
 
-def recipes(device: str, student: str | None) -> list[tuple[str, list[str]]]:
+def recipes(device: str, student: str | None, model: str = "embedded") -> list[tuple[str, list[str]]]:
     """(label, recipe flags) of every recipe to measure, fp32 first."""
     from workbench.devices import resolve_device
     from workbench.optimize.quantize import DEFAULTS, backends_for
@@ -50,8 +50,21 @@ def recipes(device: str, student: str | None) -> list[tuple[str, list[str]]]:
     for method in ("magnitude", "channels", "layers"):
         out.append((f"{method} 0.5", ["--prune-method", method, "--prune-ratio", "0.5"]))
     if student:
+        ratio = student_layers_ratio(student, model)
+        if ratio is not None and f"layers {ratio:g}" not in {label for label, _ in out}:
+            out.append((f"layers {ratio:g}", ["--prune-method", "layers", "--prune-ratio", str(ratio)]))
         out.append((f"student {student}", ["--variant", student]))
     return out
+
+
+def student_layers_ratio(name: str, model: str = "embedded") -> float | None:
+    """The share of layers the student was cut by before healing: its starting point, to compare it with."""
+    from workbench.optimize.distill import list_students
+
+    for student in list_students(model):
+        if student["name"] == name:
+            return student.get("spec", {}).get("layers_ratio")
+    return None
 
 
 def run_recipe(label: str, flags: list[str], args: argparse.Namespace) -> dict:
@@ -135,22 +148,23 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def student_recovery(rows: list[dict]) -> str | None:
-    """How much of the QA accuracy that layer pruning 0.5 lost the student wins back (1.0 = all of it)."""
+def student_recovery(rows: list[dict], layers_ratio: float | None) -> str | None:
+    """How much of the QA accuracy that pruning the same layers alone lost the student wins back (1.0 = all)."""
     by = {r["label"]: r for r in rows if "error" not in r}
     students = [r for label, r in by.items() if label.startswith("student")]
-    if not students or "fp32" not in by or "layers 0.5" not in by:
+    cut = f"layers {layers_ratio:g}" if layers_ratio is not None else None
+    if not students or "fp32" not in by or cut not in by:
         return None
-    fp32, layers = by["fp32"]["figures"]["qa_accuracy"], by["layers 0.5"]["figures"]["qa_accuracy"]
+    fp32, layers = by["fp32"]["figures"]["qa_accuracy"], by[cut]["figures"]["qa_accuracy"]
     student = students[0]["figures"]["qa_accuracy"]
     lost = fp32 - layers
     if lost <= 0:
-        return (f"layer pruning 0.5 lost no QA accuracy here (fp32 {fp32:.0%}, layers 0.5 {layers:.0%}): "
-                "nothing to recover")
+        return f"{cut} lost no QA accuracy here (fp32 {fp32:.0%}, {cut} {layers:.0%}): nothing to recover"
     share = (student - layers) / lost
     verdict = "met" if share >= STUDENT_RECOVERY_TARGET else "not met"
-    return (f"QA accuracy: fp32 {fp32:.0%}, layers 0.5 {layers:.0%}, {students[0]['label']} {student:.0%}: the student "
-            f"recovers {share:.0%} of what layer pruning lost (target ≥ {STUDENT_RECOVERY_TARGET:.0%}: {verdict})")
+    return (f"QA accuracy: fp32 {fp32:.0%}, {cut} (the student's starting point, unhealed) {layers:.0%}, "
+            f"{students[0]['label']} {student:.0%}: the student recovers {share:.0%} of what pruning lost "
+            f"(target ≥ {STUDENT_RECOVERY_TARGET:.0%}: {verdict})")
 
 
 def _num(value, digits: int) -> str:
@@ -188,7 +202,7 @@ def main() -> None:
     args = parser.parse_args()
 
     name = build_student(args) if args.distill_steps else args.student
-    chosen = recipes(args.device, name)
+    chosen = recipes(args.device, name, args.model)
     if args.only:
         wanted = {label.strip() for label in args.only.split(",")} | {"fp32"}
         chosen = [(label, flags) for label, flags in chosen if label in wanted or label.split(" (")[0] in wanted]
@@ -208,7 +222,7 @@ def main() -> None:
           f"{args.warmup} warm-up; decode tok/s = median over runs; ratios are recipe / fp32 (higher is better for "
           f"decode and QA, lower for TTFT, bytes, RSS and perplexity)\n")
     print(table(rows))
-    recovery = student_recovery(rows)
+    recovery = student_recovery(rows, student_layers_ratio(name, args.model) if name else None)
     if recovery:
         print("\n" + recovery)
     if args.json:

@@ -109,3 +109,19 @@ def test_student_spec_validation():
 
 def test_artifacts_are_written_atomically(teacher_dir):
     assert not [p for p in cache.artifacts_dir().iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_training_prompts_hold_none_of_the_evaluation_questions():
+    """The student is scored on assets/eval; it must never be trained on those questions."""
+    from workbench import quality
+    from workbench.optimize.distill import PROMPTS
+
+    def norm(text: str) -> str:
+        return " ".join(text.lower().replace("color", "colour").strip(" ?.!").split())
+
+    training = {norm(line) for line in PROMPTS.read_text().splitlines() if line.strip()}
+    questions = {norm(item["question"]) for item in quality.load_qa()}
+    prompts = {norm(p) for p in quality.load_prompts()}
+    assert len(training) >= 100
+    assert not training & questions
+    assert not training & prompts

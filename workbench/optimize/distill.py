@@ -41,7 +41,7 @@ class StudentSpec:
     batch_size: int = 4
     seq_len: int = 160  # prompt + teacher answer, tokens
     corpus_new_tokens: int = 112  # length of each teacher answer
-    samples_per_prompt: int = 2
+    samples_per_prompt: int = 1  # teacher answers per prompt (the prompt set has 128 prompts)
     seed: int = 0
 
     def __post_init__(self):
