@@ -68,7 +68,7 @@ def test_monitor_shows_charts_table_and_exports_for_a_seeded_history(home):
     titles = plotly_titles(at)
     assert "Latency over time" in titles and "Distribution of model latency" in titles
     assert any(t.startswith("Model throughput") for t in titles)
-    assert "Where answers came from" in titles and "Memory of the app's process" in titles
+    assert "Where answers came from (requests)" in titles and "Memory of the app's process" in titles
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Requests"] == "86" and metrics["From the model"] == "80"
     assert metrics["Cache hit rate"] == f"{6 / 86:.0%}"

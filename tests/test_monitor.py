@@ -339,17 +339,25 @@ def test_a_real_prometheus_scrapes_the_exporter(tmp_path):
         p50 = prom_query(base, 'histogram_quantile(0.5, sum by (le) (workbench_tpot_seconds_bucket'
                                '{recipe="bbbb2222"}))')
         assert 0.01 < float(p50[0]["value"][1]) <= 0.015
+        # Every query of the Grafana dashboard is valid PromQL to this server (Grafana's variables filled in).
+        for expr in dashboard_queries():
+            expr = expr.replace("$__rate_interval", "1m").replace("$__range", "5m").replace("$recipe", ".*")
+            prom_query(base, expr)
     finally:
         stop(proc)
         server.shutdown()
         server.server_close()
 
 
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads((ROOT / "assets" / "grafana" / "workbench-dashboard.json").read_text())
+    return [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+
+
 def test_grafana_dashboard_and_scrape_config_are_valid():
     import yaml
 
-    dashboard = json.loads((ROOT / "assets" / "grafana" / "workbench-dashboard.json").read_text())
-    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    exprs = dashboard_queries()
     assert any("histogram_quantile" in e and "workbench_ttft_seconds_bucket" in e for e in exprs)
     assert any("workbench_tpot_seconds_bucket" in e for e in exprs)
     assert any("workbench_e2e_seconds_bucket" in e for e in exprs)

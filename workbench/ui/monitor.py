@@ -112,7 +112,7 @@ def filters(rows: list[dict]) -> Filters:
     """Recipe, origin and time-window filters, and the live-refresh switch."""
     recipes = metrics.recipes_of(reversed(rows))  # newest first
     origins = [o for o in dict.fromkeys([*ORIGINS, *(r.get("origin") or "" for r in rows)]) if o]
-    recipe_col, origin_col, window_col, live_col, every_col = st.columns([4, 2, 2, 1, 1], vertical_alignment="bottom")
+    recipe_col, origin_col, window_col, live_col, every_col = st.columns([7, 4, 4, 2, 2], vertical_alignment="bottom")
     keys = recipe_col.multiselect("Recipes", list(recipes), key=state.MONITOR_RECIPES, placeholder="All recipes",
                                   format_func=lambda k: f"{recipes[k]} · {k[:8]}")
     chosen_origins = origin_col.multiselect("Origin", origins, key=state.MONITOR_ORIGINS, placeholder="All",
@@ -181,7 +181,7 @@ def _tables(rows: list[dict]) -> None:
     table = pd.DataFrame(metrics.summary_table(rows))
     table["recipe_key"] = table["recipe_key"].str[:8]
     columns = {f"{k}_ms": st.column_config.NumberColumn(k, format="%.1f") for k in ("mean", *metrics.QUANTILES)}
-    st.dataframe(table, hide_index=True, width="stretch", key="monitor-summary",
+    st.dataframe(table, hide_index=True, width="stretch", key="monitor-summary", height=35 * (len(table) + 1) + 3,
                  column_config={"recipe_key": "key", "n": st.column_config.NumberColumn("n", format="%d"), **columns})
 
 

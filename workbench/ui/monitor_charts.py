@@ -120,10 +120,12 @@ def histograms_figure(rows: list[dict], title: str = "Distribution of model late
         _empty_note(fig, "No model requests in this window")
     fig.update_layout(barmode="overlay")
     fig.update_yaxes(title_text="requests", row=1, col=1)
-    return _layout(fig, title, 320)
+    _layout(fig, title, 340)
+    fig.update_layout(margin=dict(t=70))  # room for the subplot titles under the chart title
+    return fig
 
 
-def cache_figure(cache_rows: list[dict], title: str = "Where answers came from") -> go.Figure:
+def cache_figure(cache_rows: list[dict], title: str = "Where answers came from (requests)") -> go.Figure:
     """Per recipe, requests answered by the model and by the response cache (exact, semantic), with the hit rate.
 
     Args:
@@ -141,8 +143,7 @@ def cache_figure(cache_rows: list[dict], title: str = "Where answers came from")
                            xanchor="left", xshift=6, font=dict(size=11, color="#495057"))
     if not cache_rows:
         _empty_note(fig, "No requests in this window")
-    fig.update_layout(barmode="stack", xaxis=dict(title="requests", rangemode="tozero"),
-                      yaxis=dict(automargin=True))
+    fig.update_layout(barmode="stack", xaxis=dict(rangemode="tozero"), yaxis=dict(automargin=True))
     return _layout(fig, title, 120 + 40 * max(len(cache_rows), 2))
 
 
