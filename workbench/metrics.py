@@ -207,14 +207,8 @@ def _add_env_listeners() -> None:
 
 def record_from_row(row: dict) -> RequestRecord:
     """A history row (``HistoryStore.recent``/``after``) back as a RequestRecord; missing fields take defaults."""
-    kwargs = {}
-    for f in fields(RequestRecord):
-        if f.name in row and (row[f.name] is not None or f.name in ("ttft_s", "e2e_s", "queue_s")):
-            kwargs[f.name] = row[f.name]
-    kwargs.setdefault("ttft_s", None)
-    kwargs.setdefault("e2e_s", None)
-    kwargs.setdefault("queue_s", None)
-    return RequestRecord(**kwargs)
+    given = {f.name: row[f.name] for f in fields(RequestRecord) if row.get(f.name) is not None}
+    return RequestRecord(**{"ttft_s": None, "e2e_s": None, "queue_s": None, **given})
 
 
 # ---- monitoring: per-recipe tables and time series over history rows -----------------------------------
@@ -452,7 +446,6 @@ class PrometheusExporter:
                                   (*labels, "kind"), registry=self.registry)
         if process_metrics:
             ProcessCollector(registry=self.registry)
-        self.recorded = 0
 
     def record(self, rec: RequestRecord) -> None:
         """Count one request and observe its latencies (model latency only for cache misses)."""
@@ -462,7 +455,6 @@ class PrometheusExporter:
         for kind in ("exact", "semantic"):  # a zero series per recipe, so that hit-rate queries have data
             self.cache_hits.labels(*labels, kind)
         self.generated_tokens.labels(*labels)
-        self.recorded += 1
         if cache != "miss":
             self.cache_hits.labels(*labels, cache).inc()
             _observe(self.cache_e2e, labels, rec.e2e_s)
