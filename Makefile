@@ -33,6 +33,14 @@ $(TEST_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	# Playwright drives Debian's chromium; it never downloads a browser of its own.
 	command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
+	# A real Prometheus server scrapes the exporter in tests/test_monitor.py. The tests start their own on free
+	# ports, so the package's service (port 9090) is stopped and disabled if the install started it.
+	command -v prometheus >/dev/null || ($(SUDO) apt-get update -qq \
+		&& $(SUDO) apt-get install -y -qq --no-install-recommends prometheus \
+		&& ($(SUDO) systemctl disable --now prometheus >/dev/null 2>&1 || $(SUDO) service prometheus stop \
+			>/dev/null 2>&1 || true))
+	# Optional: TensorBoard scalars; their tests skip when it cannot be installed.
+	$(BIN)/python -m pip install --quiet -e ".[tensorboard]" || echo "tensorboard extra not installed"
 	touch $@
 
 bench: $(STAMP)

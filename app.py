@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from workbench.ui import widgets
+from workbench.ui import monitor, widgets
 
 st.set_page_config(page_title="LLM Latency Workbench", page_icon=":material/speed:", layout="wide")
 st.logo(str(Path(__file__).parent / "assets" / "logo.svg"), size="large")
@@ -13,7 +13,9 @@ pages = [
     st.Page("pages/chat.py", title="Chat", icon=":material/chat:", default=True),
     st.Page("pages/recipe.py", title="What changed", icon=":material/compare_arrows:"),
     st.Page("pages/distill.py", title="Build a student", icon=":material/school:"),
+    st.Page("pages/monitor.py", title="Monitor", icon=":material/monitoring:"),
 ]
 navigation = st.navigation(pages)
 widgets.recipe_sidebar()
+monitor.metrics_exporter()  # Prometheus /metrics from the first visit on, once per server process
 navigation.run()

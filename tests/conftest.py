@@ -13,6 +13,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("WORKBENCH_HOME", tempfile.mkdtemp(prefix="workbench-test-"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WORKBENCH_METRICS_PORT", "0")  # the app's Prometheus exporter on any free port, never 9464
 
 ARTIFACTS = ROOT / "tests" / "artifacts"  # screenshots; git-ignored
 

@@ -163,7 +163,6 @@ BAD_INPUTS = [
      "available backend: torch"),
     (["generate", "--prompt", "x", "--variant", "student-nope"], "--variant", "no variant 'student-nope'"),
     (["cache", "stats"], "command", "generate"),
-    (["metrics-server"], "command", "distill"),
     ([], "command", "required"),
     (["generate", "--prompt", "x", "--frobnicate"], "--frobnicate", "unrecognized"),
 ]

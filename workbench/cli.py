@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="build (or resume) a distilled student of --model, usable as --variant",
     )
     _distill_flags(distill)
+    _metrics_server_parser(commands)
     return parser
 
 
@@ -732,4 +733,73 @@ def _num(value, digits: int) -> str:
     return "n/a" if value is None else f"{value:.{digits}g}"
 
 
-COMMANDS = {"generate": cmd_generate, "bench": cmd_bench, "eval": cmd_eval, "distill": cmd_distill}
+# ---- metrics-server -----------------------------------------------------------------------------
+
+
+def _metrics_server_parser(commands) -> None:
+    from .metrics import DEFAULT_METRICS_PORT
+
+    server = commands.add_parser(
+        "metrics-server", allow_abbrev=False,
+        help="serve the request history's figures to Prometheus (/metrics), following new requests of every process",
+    )
+    server.add_argument("--port", type=_int_in(0, 65535), default=DEFAULT_METRICS_PORT,
+                        help=f"port to listen on (default {DEFAULT_METRICS_PORT}; 0 = any free port)")
+    server.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: only this machine can scrape)")
+    server.add_argument("--interval", type=_positive_float, default=2.0, metavar="S",
+                        help="seconds between reads of new history rows (default 2)")
+    server.add_argument("--new-only", action="store_true",
+                        help="count only requests recorded from now on (default: replay the whole history first)")
+
+
+def _int_in(low: int, high: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be an integer from {low} to {high}, got {text!r}")
+        return value
+
+    return parse
+
+
+def cmd_metrics_server(args: argparse.Namespace) -> int:
+    """``workbench metrics-server``: a Prometheus exporter fed by ``metrics.sqlite``, until Ctrl-C.
+
+    Requests recorded by any process (the app, ``generate``, ``bench``) show up within ``--interval`` seconds.
+    """
+    import sqlite3
+
+    from .metrics import HistoryFollower, HistoryStore, PrometheusExporter
+
+    try:
+        store = HistoryStore()
+    except (OSError, sqlite3.Error) as exc:
+        return _fail(f"cannot open the request history: {exc}", status=1)
+    exporter = PrometheusExporter()
+    follower = HistoryFollower(store, exporter, from_start=not args.new_only)
+    replayed = follower.poll()
+    try:
+        server = exporter.serve(args.port, args.host)
+    except OSError as exc:
+        return _fail(f"--port: cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); "
+                     "is another exporter running? choose another --port")
+    host, port = server.server_address[:2]
+    print(f"{PROG}: serving http://{host}:{port}/metrics ({replayed} requests from {store.path}; "
+          f"new ones every {args.interval:g} s); Ctrl-C stops", file=sys.stderr, flush=True)
+    stop = threading.Event()
+    try:
+        follower.run(stop, args.interval)
+    except KeyboardInterrupt:
+        print(f"{PROG}: metrics server stopped", file=sys.stderr)
+    finally:
+        server.shutdown()
+        server.server_close()
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "bench": cmd_bench, "eval": cmd_eval, "distill": cmd_distill,
+            "metrics-server": cmd_metrics_server}

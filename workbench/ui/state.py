@@ -41,6 +41,13 @@ QUICK_MEASURE = "changes.quick"
 STUDENT_STEPS = "student.steps"
 STUDENT_LAYERS = "student.layers_ratio"
 
+# Monitor page.
+MONITOR_RECIPES = "monitor.recipes"  # recipe keys to show; empty = all
+MONITOR_ORIGINS = "monitor.origins"  # "chat", "cli", "bench", ...; empty = all
+MONITOR_WINDOW = "monitor.window"
+MONITOR_LIVE = "monitor.live"
+MONITOR_REFRESH = "monitor.refresh_s"
+
 OTHER_MODEL = "__other__"  # the "Other…" entry of the model selectbox (a value, not a key)
 
 
