@@ -16,4 +16,5 @@ pages = [
 ]
 navigation = st.navigation(pages)
 widgets.recipe_sidebar()
+widgets.cache_sidebar()
 navigation.run()

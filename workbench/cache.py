@@ -344,7 +344,7 @@ class ResponseCache:
 
     def _open_caches(self) -> tuple[diskcache.Cache, diskcache.Cache]:
         main = diskcache.Cache(self.directory, disk=_NoPickleDisk, size_limit=self._limit_bytes(),
-                               eviction_policy="least-recently-used", cull_limit=16)
+                               eviction_policy="least-recently-used", cull_limit=1)
         try:
             main.check(fix=False)  # reads every row: a damaged database fails here, not in the middle of a chat
             stats = diskcache.Cache(self.directory / "stats", disk=_NoPickleDisk, eviction_policy="none")
@@ -604,8 +604,8 @@ class ReplayRequest:
         self.cancelled = threading.Event()
         entry = hit.entry
         ids = list(entry["token_ids"])
-        # Strictly increasing times, all within the lookup: a replay has no inter-token latency of its own.
-        self.token_times = [hit.lookup_s + i * 1e-9 for i in range(len(ids))]
+        # Every token arrives with the lookup: a replay has no inter-token latency (and no TPOT) of its own.
+        self.token_times = [hit.lookup_s] * len(ids)
         self._result = GenerationResult(
             text=entry["text"], prompt_tokens=entry["prompt_tokens"], new_tokens=len(ids),
             token_times=self.token_times, ttft_s=self.token_times[0], e2e_s=self.token_times[-1], queue_s=0.0,
@@ -716,7 +716,10 @@ def submit(engine, response_cache: ResponseCache | None, messages: list[dict] | 
     """
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
-    recipe = engine.optimized.recipe
+    optimized = engine.optimized
+    if optimized is None:
+        raise RuntimeError("engine is closed")
+    recipe = optimized.recipe
     if response_cache is None or not policy.applies_to(settings):
         handle = StoringRequest(engine.submit(messages, settings, origin), _NullCache(), recipe.key(), messages,
                                 settings, policy)
@@ -727,7 +730,7 @@ def submit(engine, response_cache: ResponseCache | None, messages: list[dict] | 
     if hit is not None:
         handle = ReplayRequest(hit, recipe, settings, origin, engine.history)
     else:
-        model = engine.optimized.stats.to_dict()
+        model = optimized.stats.to_dict()
         handle = StoringRequest(engine.submit(messages, settings, origin), response_cache, recipe.key(), messages,
                                 settings, policy, engine.tokenizer, model, embed)
     handle.notice = notice

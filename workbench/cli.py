@@ -480,8 +480,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
     else:
         report = responses.stats()
         print(json.dumps(report, indent=2) if args.json else cache_stats_text(report))
+    status = 0 if responses.available else 1
     responses.close()
-    return 0 if responses.available else 1
+    return status
 
 
 def cache_stats_text(stats: dict) -> str:
