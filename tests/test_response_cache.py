@@ -215,6 +215,8 @@ def test_size_limit_evicts_the_least_recently_used(tmp_path):
     ("Can I go?", "I cannot go?", "different negation"),
     ("Should I never do it?", "Should I always do it?", "different negation"),
     ("What is 2 + 2?", "What is 2 + 3?", "different numbers"),
+    ("Give me three tips.", "Give me 4 tips.", "different numbers"),
+    ("Give me three tips.", "Give me 3 tips.", None),
     ("Is coffee good for you?", "Is coffee good for me?", None),
     ("Is it not safe?", "Is it really not safe?", None),
     ("Isn't it safe?", "Is it not safe?", None),  # the same negation, written two ways
