@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -307,6 +308,20 @@ def test_broken_directory_is_set_aside_and_a_fresh_cache_works(tmp_path, damage)
     responses.close()
 
 
+def test_damage_found_at_a_lookup_sets_the_directory_aside_too(responses, monkeypatch):
+    responses.store(RECIPE.key(), QUESTION, GREEDY, answer())
+
+    def malformed(*args, **kwargs):
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    monkeypatch.setattr(responses._cache, "get", malformed)
+    assert responses.lookup(RECIPE.key(), QUESTION, GREEDY) is None  # a miss, not a crash
+    assert "moved to" in responses.problem and len(_asides(responses.directory)) == 1
+    assert responses.lookup(RECIPE.key(), QUESTION, GREEDY) is None  # the fresh cache is empty, and works
+    assert responses.store(RECIPE.key(), QUESTION, GREEDY, answer())
+    assert responses.lookup(RECIPE.key(), QUESTION, GREEDY).kind == "exact"
+
+
 def test_a_pickled_value_is_refused_not_loaded(responses):
     key = cache.exact_key(RECIPE.key(), QUESTION, GREEDY)
     with diskcache.Cache(responses.directory) as raw:
@@ -414,7 +429,7 @@ def test_chat_repeated_prompt_is_cached_and_recorded_as_a_hit(tiny_model_dir):
     assert not at.exception
     (again,) = assistant_replies(at)
     caption = reply_caption(again)
-    assert "cache exact hit · lookup" in caption and "**cached** (exact) · looked up in" in caption
+    assert "**cached** (exact) · looked up in" in caption and "6 tokens replayed from the cache" in caption
     assert "TPOT" not in caption and "tok/s" not in caption  # no model latency claimed for a replay
     assert again.markdown[0].value == first.markdown[0].value
     rows = history.recent(limit=2)

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import tempfile
 import threading
 import time
@@ -336,12 +337,16 @@ class ResponseCache:
 
     # -- opening, and setting a broken directory aside
 
-    def _open(self) -> None:
-        try:
-            self._cache, self._stats = self._open_caches()
-            return
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
+    def _open(self, damage: str | None = None) -> None:
+        """Open the caches; if they cannot be opened (or ``damage`` says they are broken), set the directory aside
+        and open fresh ones."""
+        reason = damage
+        if reason is None:
+            try:
+                self._cache, self._stats = self._open_caches()
+                return
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"
         self._close_quietly()
         aside = self._set_aside()
         if aside is None:
@@ -358,10 +363,11 @@ class ResponseCache:
                             f"{exc}); answers are not cached.")
 
     def _open_caches(self) -> tuple[diskcache.Cache, diskcache.Cache]:
+        # A file that is not a database fails here; damage deeper inside fails at a lookup (see _failed).
         main = diskcache.Cache(self.directory, disk=_NoPickleDisk, size_limit=self._limit_bytes(),
                                eviction_policy="least-recently-used", cull_limit=1)
         try:
-            main.check(fix=False)  # reads every row: a damaged database fails here, not in the middle of a chat
+            main.volume()
             stats = diskcache.Cache(self.directory / "stats", disk=_NoPickleDisk, eviction_policy="none")
         except BaseException:
             main.close()
@@ -413,6 +419,10 @@ class ResponseCache:
             self._failed(exc)
 
     def _failed(self, exc: Exception) -> None:
+        if type(exc) is sqlite3.DatabaseError:  # a damaged database (not a busy one): set it aside, start afresh
+            self._close_quietly()
+            self._open(f"{type(exc).__name__}: {exc}")
+            return
         self.problem = f"The response cache failed ({type(exc).__name__}: {exc}); this answer was not cached."
 
     # -- lookup
@@ -736,9 +746,8 @@ def submit(engine, response_cache: ResponseCache | None, messages: list[dict] | 
         raise RuntimeError("engine is closed")
     recipe = optimized.recipe
     if response_cache is None or not policy.applies_to(settings):
-        handle = StoringRequest(engine.submit(messages, settings, origin), _NullCache(), recipe.key(), messages,
-                                settings, policy)
-        handle.notice = None
+        handle = engine.submit(messages, settings, origin)
+        handle.hit = handle.notice = None
         return handle
     policy, embed, notice = usable_policy(policy)
     hit = response_cache.lookup(recipe.key(), messages, settings, policy, embed)
@@ -750,8 +759,3 @@ def submit(engine, response_cache: ResponseCache | None, messages: list[dict] | 
                                 settings, policy, engine.tokenizer, model, embed)
     handle.notice = notice
     return handle
-
-
-class _NullCache:
-    def store(self, *args, **kwargs) -> bool:
-        return False

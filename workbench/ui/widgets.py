@@ -235,7 +235,8 @@ def cache_sidebar() -> cache.ResponseCache:
                   help="A sampled answer is one draw of many; by default only greedy answers are cached.")
         left, right = st.columns(2)
         left.number_input("Expire after (min, 0 = never)", min_value=0, max_value=525_600, value=0, step=10,
-                          key=state.CACHE_TTL_MIN, disabled=not enabled)
+                          key=state.CACHE_TTL_MIN, disabled=not enabled,
+                          help="Applies to the answers stored from now on.")
         size_mb = right.number_input("Size limit (MB)", min_value=1, max_value=102_400,
                                      value=cache.DEFAULT_SIZE_LIMIT_MB, step=64, key=state.CACHE_SIZE_MB,
                                      help="Past this, the least recently used answers are evicted.")
@@ -433,9 +434,8 @@ def format_metrics(metrics: dict, recipe_label: str | None = None) -> str:
         f"{metrics['prompt_tokens']} prompt → {metrics['new_tokens']} new tokens",
         FINISH_REASONS.get(metrics.get("finish_reason"), str(metrics.get("finish_reason"))),
     ]
-    if metrics.get("cache", "miss") != "miss":  # a replay: no model latency to show, only the lookup
-        parts = [f"cache {metrics['cache']} hit", f"lookup {num('ttft_ms', '.1f')} ms",
-                 f"{metrics['new_tokens']} tokens replayed"]
+    if metrics.get("cache", "miss") != "miss":  # a replay: no model latency to show (format_hit has the lookup)
+        parts = [f"{metrics['new_tokens']} tokens replayed from the cache"]
     if recipe_label:
         parts.append(recipe_label)
     return " · ".join(parts)
