@@ -488,10 +488,11 @@ def cmd_cache(args: argparse.Namespace) -> int:
 def cache_stats_text(stats: dict) -> str:
     """The cache stats as a few human lines."""
     rate = "n/a" if stats["hit_rate"] is None else f"{stats['hit_rate']:.0%}"
-    hits = stats["hits"]
+    hits, n = stats["hits"], stats["entries"]
     return "\n".join([
         f"response cache: {stats['directory']}",
-        f"{stats['entries']} answer{'' if stats['entries'] == 1 else 's'}, {stats['size_bytes'] / 2**20:.1f} MB of {stats['size_limit_bytes'] / 2**20:.0f} MB",
+        f"{n} answer{'' if n == 1 else 's'}, {stats['size_bytes'] / 2**20:.1f} MB of "
+        f"{stats['size_limit_bytes'] / 2**20:.0f} MB",
         f"hit rate {rate}: {hits['exact']} exact + {hits['semantic']} semantic hits, {stats['misses']} misses",
         f"model time saved: {stats['saved_s']:.1f} s",
     ])
