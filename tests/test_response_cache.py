@@ -469,3 +469,32 @@ def test_semantic_toggle_without_the_embedding_model_says_how_to_install_it(tiny
     at.chat_input[0].set_value("Semantic, please.").run()
     assert not at.exception and len(assistant_replies(at)) == 1
     assert any("all-MiniLM-L6-v2" in w.value for w in at.warning)
+
+
+def test_chat_semantic_hit_names_the_matched_question_and_similarity(tiny_model_dir):
+    at = tiny_app(tiny_model_dir, **{state.MAX_NEW_TOKENS: 5, state.CACHE_SEMANTIC: True}).run()
+    at.chat_input[0].set_value("How many legs does a spider have?").run()
+    [b for b in at.button if b.label == "Clear chat"][0].click().run()
+    at.chat_input[0].set_value("How many legs do spiders have?").run()
+    assert not at.exception
+    (reply,) = assistant_replies(at)
+    caption = reply_caption(reply)
+    assert "**cached** (semantic)" in caption and "matched “How many legs does a spider have?”" in caption
+    similarity = float(caption.split("(similarity ")[1].split(")")[0])
+    assert cache.DEFAULT_THRESHOLD <= similarity < 1.0
+    assert HistoryStore().recent(limit=1)[0]["cache"] == "semantic"
+
+
+def test_cli_semantic_flag_reuses_a_reworded_question(capsys, tiny):
+    ask_cli = ["generate", *tiny, "--max-new-tokens", 4, "--json"]
+    code, out, _ = run_cli(capsys, *ask_cli, "--prompt", "Why is the sky blue?")
+    assert code == 0 and json.loads(out)["cache"] == "miss"
+    code, out, _ = run_cli(capsys, *ask_cli, "--prompt", "Why does the sky look blue?")
+    assert code == 0 and json.loads(out)["cache"] == "miss"  # exact only by default: the model answers
+    code, out, _ = run_cli(capsys, *ask_cli, "--prompt", "Why does the sky appear blue?", "--semantic")
+    report = json.loads(out)
+    assert code == 0 and report["cache"] == "semantic"
+    assert report["cache_hit"]["matched_question"] in ("Why is the sky blue?", "Why does the sky look blue?")
+    assert report["cache_hit"]["similarity"] >= cache.DEFAULT_THRESHOLD
+    code, out, _ = run_cli(capsys, *ask_cli, "--prompt", "Why isn't the sky blue?", "--semantic")
+    assert code == 0 and json.loads(out)["cache"] == "miss"  # the negation guard
