@@ -483,6 +483,15 @@ def test_chat_semantic_hit_names_the_matched_question_and_similarity(tiny_model_
     similarity = float(caption.split("(similarity ")[1].split(")")[0])
     assert cache.DEFAULT_THRESHOLD <= similarity < 1.0
     assert HistoryStore().recent(limit=1)[0]["cache"] == "semantic"
+    at.slider(key=state.CACHE_THRESHOLD).set_value(0.99).run()  # stricter than this pair's similarity
+    [b for b in at.button if b.label == "Clear chat"][0].click().run()
+    at.toggle(key=state.CACHE_SEMANTIC).set_value(False).run()
+    assert not at.sidebar.slider  # the threshold shows only with semantic matching on
+    at.toggle(key=state.CACHE_SEMANTIC).set_value(True).run()
+    assert at.slider(key=state.CACHE_THRESHOLD).value == 0.99  # and keeps its value meanwhile
+    at.chat_input[0].set_value("How many legs do spiders have?").run()
+    (reply,) = assistant_replies(at)
+    assert "cached" not in reply_caption(reply) and "TTFT" in reply_caption(reply)
 
 
 def test_cli_semantic_flag_reuses_a_reworded_question(capsys, tiny):

@@ -36,7 +36,8 @@ TURN_DONE = "chat.turn_done"  # threading.Event of the latest reply: set once it
 # Response cache (sidebar, every page).
 CACHE_ENABLED = "cache.enabled"
 CACHE_SEMANTIC = "cache.semantic"
-CACHE_THRESHOLD = "cache.threshold"
+CACHE_THRESHOLD = "cache.threshold"  # the slider, drawn only while semantic matching is on
+CACHE_THRESHOLD_KEPT = "cache.threshold_kept"  # its value, kept while the slider is hidden
 CACHE_SAMPLED = "cache.sampled"  # also cache answers sampled at temperature > 0
 CACHE_TTL_MIN = "cache.ttl_minutes"  # 0 = kept until evicted
 CACHE_SIZE_MB = "cache.size_limit_mb"
@@ -113,7 +114,7 @@ def cache_policy():
     return CachePolicy(
         enabled=bool(st.session_state.get(CACHE_ENABLED, True)),
         semantic=bool(st.session_state.get(CACHE_SEMANTIC, False)),
-        threshold=float(st.session_state.get(CACHE_THRESHOLD, DEFAULT_THRESHOLD)),
+        threshold=float(st.session_state.get(CACHE_THRESHOLD_KEPT, DEFAULT_THRESHOLD)),
         cache_sampled=bool(st.session_state.get(CACHE_SAMPLED, False)),
         ttl_s=ttl_min * 60 if ttl_min > 0 else None,
     )

