@@ -115,6 +115,20 @@ def test_an_earlier_turn_or_the_system_prompt_changes_the_key(responses):
     assert responses.lookup(RECIPE.key(), ask("And Spain?", "Be brief.", earlier), GREEDY) is None
 
 
+def test_model_key_changes_when_the_weights_change_under_the_same_name(tmp_path):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    (model_dir / "model.safetensors").write_bytes(b"weights v1")
+    recipe = Recipe(model=str(model_dir), device="cpu")
+    first = cache.model_key(recipe)
+    assert first.startswith(recipe.key()) and cache.model_key(recipe) == first  # stable while nothing changes
+    (model_dir / "model.safetensors").write_bytes(b"weights v2, trained further")
+    assert cache.model_key(recipe) != first
+    assert cache.model_key(Recipe(model="org/hub-model", device="cpu")) == Recipe(model="org/hub-model",
+                                                                                  device="cpu").key()
+
+
 # Storing and replaying -----------------------------------------------------------------------------------------
 
 

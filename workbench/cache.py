@@ -70,7 +70,8 @@ def write_artifact(key: str, write: Callable[[Path], None], meta: dict) -> Path:
 # Response cache ---------------------------------------------------------------------------------------------
 #
 # One diskcache under ``responses/``. Values are JSON text or raw float32 bytes, never pickles. Keys:
-#   "a:<sha>"  one answer, keyed by recipe key + the whole conversation + generation settings (exact match)
+#   "a:<sha>"  one answer, keyed by recipe key (+ weights fingerprint, see model_key) + the whole conversation +
+#              generation settings (exact match)
 #   "q:<sha>"  the questions asked in one context (same recipe, same earlier turns, same settings): JSON list of
 #              [answer key, last user turn]; "e:<sha>" their embeddings, float32 rows (NaN = not embedded yet)
 # Counters (hits, misses, time saved) live in a small second diskcache, ``responses/stats/``, that never evicts.
@@ -166,6 +167,32 @@ def _digest(payload) -> str:
 
 def _turns(messages: list[dict]) -> list[list[str]]:
     return [[m["role"], m["content"]] for m in messages]
+
+
+def model_key(recipe) -> str:
+    """The recipe key, plus a fingerprint of the files its weights come from (size and modification time of a
+    local source's files and of a student built here), so that weights changed under the same name (a student
+    trained further, a model directory overwritten) never replay the older weights' answers. Hub models are
+    named by their id alone."""
+    from .loading import ModelSourceError, resolve_source
+    from .optimize.distill import find_student
+
+    paths = []
+    try:
+        source = resolve_source(recipe.model)
+        if source.kind != "hub":
+            paths.append(Path(source.location))
+    except ModelSourceError:
+        pass
+    if recipe.variant != "none":
+        student = find_student(recipe.model, recipe.variant)
+        if student is not None:
+            paths.append(student)
+    stamp = []
+    for path in paths:
+        files = [path] if path.is_file() else sorted(f for f in path.iterdir() if f.is_file())
+        stamp += [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    return f"{recipe.key()}-{_digest(stamp)[:12]}" if stamp else recipe.key()
 
 
 def exact_key(recipe_key: str, messages: list[dict], settings) -> str:
@@ -750,12 +777,13 @@ def submit(engine, response_cache: ResponseCache | None, messages: list[dict] | 
         handle.hit = handle.notice = None
         return handle
     policy, embed, notice = usable_policy(policy)
-    hit = response_cache.lookup(recipe.key(), messages, settings, policy, embed)
+    key = model_key(recipe)
+    hit = response_cache.lookup(key, messages, settings, policy, embed)
     if hit is not None:
         handle = ReplayRequest(hit, recipe, settings, origin, engine.history)
     else:
         model = optimized.stats.to_dict()
-        handle = StoringRequest(engine.submit(messages, settings, origin), response_cache, recipe.key(), messages,
+        handle = StoringRequest(engine.submit(messages, settings, origin), response_cache, key, messages,
                                 settings, policy, engine.tokenizer, model, embed)
     handle.notice = notice
     return handle

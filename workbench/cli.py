@@ -395,7 +395,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     recipe = check_buildable(recipe_from_args(args))
     messages = [{"role": "user", "content": args.prompt}]
     responses, policy, embed = _cache_for(args, settings)
-    hit = responses.lookup(recipe.key(), messages, settings, policy, embed) if responses else None
+    key = cache.model_key(recipe)
+    hit = responses.lookup(key, messages, settings, policy, embed) if responses else None
     if hit is not None and hit.entry.get("model"):
         result = _answer(cache.ReplayRequest(hit, recipe, settings, "cli", _history()), stream=not args.json)
         if args.json:
@@ -408,7 +409,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         request = engine.submit(messages, settings, origin="cli")
         if responses is not None:
-            request = cache.StoringRequest(request, responses, recipe.key(), messages, settings, policy,
+            request = cache.StoringRequest(request, responses, key, messages, settings, policy,
                                            engine.tokenizer, optimized.stats.to_dict(), embed)
         result = _answer(request, stream=not args.json)
     finally:
