@@ -78,6 +78,10 @@ def main() -> int:
     finally:
         engine.close()
 
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    if load is not None:
+        busy = " (busy: other work shares the CPU, so tails are longer)" if load > (os.cpu_count() or 1) else ""
+        print(f"machine: {os.cpu_count()} CPUs, load average {load:.1f} at the end of the run{busy}")
     model = summarize([s * 1000 for s in model_e2e])
     print(f"model answers: {len(model_e2e)} questions, {min(tokens)}-{max(tokens)} tokens, "
           f"E2E p50 {model['p50']:.0f} ms (mean {model['mean']:.0f} ms)")
