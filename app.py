@@ -17,5 +17,6 @@ pages = [
 ]
 navigation = st.navigation(pages)
 widgets.recipe_sidebar()
+widgets.cache_sidebar()
 monitor.metrics_exporter()  # Prometheus /metrics from the first visit on, once per server process
 navigation.run()

@@ -227,7 +227,7 @@ def test_chat_page_renders_with_the_embedded_model():
 
 @pytest.mark.slow
 def test_chat_reply_names_paris_with_metrics():
-    at = new_app().run()
+    at = new_app(**{state.CACHE_ENABLED: False}).run()  # the model answers, not the cache
     at.chat_input[0].set_value(QUESTION).run()
     assert not at.exception
     (reply,) = assistant_replies(at)
@@ -238,7 +238,7 @@ def test_chat_reply_names_paris_with_metrics():
 
 @pytest.mark.slow
 def test_switching_dtype_rebuilds_the_model():
-    at = new_app().run()
+    at = new_app(**{state.CACHE_ENABLED: False}).run()  # the model answers, not the cache
     assert "backend: dense fp32" in sidebar_text(at)
     at.selectbox(key=state.DTYPE).set_value("bf16").run()
     assert not at.exception

@@ -325,7 +325,7 @@ def test_build_a_student_page_trains_one_and_the_sidebar_offers_it(monkeypatch, 
 
 @pytest.mark.slow
 def test_int8_recipe_from_the_sidebar_answers_a_chat_message():
-    at = new_app().run()
+    at = new_app(**{state.CACHE_ENABLED: False}).run()  # the model answers, not the cache
     at.selectbox(key=state.DTYPE).set_value("int8").run()
     assert not at.exception
     assert "· cpu · int8 · torch-dynamic" in sidebar_text(at) and "backend: PyTorch dynamic int8" in sidebar_text(at)

@@ -49,6 +49,9 @@ def wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout_s: float
 @pytest.fixture
 def app_url(tmp_path):
     """`streamlit run app.py` on a free localhost port, sharing this test session's WORKBENCH_HOME."""
+    from workbench.cache import ResponseCache
+
+    ResponseCache().clear()  # every reply here comes from the model unless the test repeats a question itself
     port = free_port()
     log = tmp_path / "streamlit.log"
     command = [*streamlit_command(), "run", "app.py", "--server.headless", "true", "--server.port", str(port),
@@ -122,3 +125,21 @@ def test_stop_keeps_the_partial_reply_and_its_metrics(page, artifacts_dir):
     expect(stop).to_have_count(0)
     page.wait_for_timeout(1000)
     page.screenshot(path=str(artifacts_dir / "chat-stopped.png"), full_page=True)
+
+
+def test_repeated_question_is_replayed_from_the_cache(page, artifacts_dir):
+    from playwright.sync_api import expect
+
+    expect(page.get_by_test_id("stChatInput").locator("textarea")).to_be_editable(timeout=MODEL_WAIT_MS)
+    send(page, "What is the capital of France?")
+    expect(page.get_by_test_id("stChatMessage").get_by_text("TTFT")).to_be_visible(timeout=120_000)
+    page.get_by_role("button", name="Clear chat").click()
+    expect(page.get_by_test_id("stChatMessage")).to_have_count(0, timeout=30_000)
+    send(page, "What is the capital of France?")
+    reply = page.get_by_test_id("stChatMessage").filter(has_text="Paris").last
+    expect(reply).to_contain_text("cached", timeout=60_000)
+    expect(reply).to_contain_text("looked up in")
+    page.get_by_test_id("stSidebar").get_by_text("Response cache").click()
+    expect(page.get_by_test_id("stSidebar")).to_contain_text("1 exact + 0 semantic")
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(artifacts_dir / "chat-cached.png"), full_page=True)

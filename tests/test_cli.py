@@ -94,7 +94,7 @@ def test_every_cpu_int8_backend_generates(capsys, tiny, backend):
 def test_greedy_is_deterministic_and_seeded_sampling_reproducible(capsys, tiny):
     def text(*extra):
         code, out, _ = run_cli(capsys, "generate", *tiny, "--prompt", "Tell me about pruning.",
-                               "--max-new-tokens", 16, "--json", *extra)
+                               "--max-new-tokens", 16, "--json", "--no-cache", *extra)  # the model, every time
         assert code == 0
         return json.loads(out)["text"]
 
@@ -162,7 +162,7 @@ BAD_INPUTS = [
     (["generate", "--prompt", "x", "--dtype", "fp32", "--backend", "torch-dynamic"], "--backend",
      "available backend: torch"),
     (["generate", "--prompt", "x", "--variant", "student-nope"], "--variant", "no variant 'student-nope'"),
-    (["cache", "stats"], "command", "generate"),
+    (["cache"], "action", "required"),
     ([], "command", "required"),
     (["generate", "--prompt", "x", "--frobnicate"], "--frobnicate", "unrecognized"),
 ]
@@ -189,10 +189,11 @@ def test_absent_device_exits_2_naming_the_devices_present(capsys, tiny):
                                 "available: auto, cpu" + (", mps" if "mps" in err else "")]
 
 
-def test_help_exits_0_and_says_the_response_cache_is_not_there_yet(capsys):
+def test_help_exits_0_and_names_the_response_cache_flags(capsys):
     code, out, _ = run_cli(capsys, "generate", "--help")
     assert code == 0
-    assert "--no-cache" in out and "not implemented yet" in " ".join(out.split())
+    assert "--no-cache" in out and "bypass the response cache" in " ".join(out.split())
+    assert "--semantic" in out and "--cache-sampled" in out and "--cache-ttl" in out
     assert "--trust-remote-code" in out and "--prune-method" in out
 
 
@@ -211,7 +212,8 @@ def test_python_m_workbench_json_stdout_is_pure_json(tiny):
 
 @pytest.mark.slow
 def test_embedded_model_answers_paris_with_every_contract_field():
-    proc = run_module("generate", "--prompt", "What is the capital of France?", "--temperature", 0, "--json")
+    proc = run_module("generate", "--prompt", "What is the capital of France?", "--temperature", 0, "--json",
+                      "--no-cache")  # the chat tests may have cached this question
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)
     assert CONTRACT_KEYS <= report.keys() and set(report["model"]) == MODEL_KEYS

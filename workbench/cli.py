@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--prompt", required=True, help="the user message to answer")
     generate.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    _cache_flags(generate)
     bench = commands.add_parser(
         "bench", parents=[recipe_flags, generation_flags], allow_abbrev=False,
         help="measure TTFT, TPOT, decode tok/s and throughput on fixed prompts",
@@ -81,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--agreement-tokens", type=_int_at_least(1), default=32, metavar="N",
                           help="greedy tokens per eval prompt compared with the baseline's (default 32)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    cache = commands.add_parser(
+        "cache", allow_abbrev=False, help="response cache: show its stats or clear it",
+    )
+    cache.add_argument("action", choices=("stats", "clear"), help="stats: entries, size, hit rate, time saved; "
+                                                                  "clear: remove every stored answer")
+    cache.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     distill = commands.add_parser(
         "distill", parents=[recipe_flags], allow_abbrev=False,
         help="build (or resume) a distilled student of --model, usable as --variant",
@@ -88,6 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     _distill_flags(distill)
     _metrics_server_parser(commands)
     return parser
+
+
+def _cache_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("response cache")
+    group.add_argument("--semantic", action="store_true",
+                       help="also reuse the answer to a differently worded question (same recipe and settings)")
+    group.add_argument("--similarity", type=_float_in(0.5, 1.0), default=None, metavar="S",
+                       help="cosine similarity a --semantic match needs (default 0.9)")
+    group.add_argument("--cache-sampled", action="store_true",
+                       help="also cache and reuse sampled answers (temperature > 0); off by default")
+    group.add_argument("--cache-ttl", type=_positive_float, default=None, metavar="SECONDS",
+                       help="a stored answer expires after this long (default: kept until evicted)")
 
 
 def _quality_flags(parser: argparse.ArgumentParser, max_eval_tokens: int | None) -> None:
@@ -164,8 +183,8 @@ def _generation_flags() -> argparse.ArgumentParser:
     group.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass (default 1)")
     group.add_argument("--seed", type=int, default=None, metavar="S", help="seed for sampling")
     group.add_argument("--no-cache", action="store_true",
-                       help="bypass the response cache (not implemented yet, so this has no effect: "
-                            "every answer comes from the model)")
+                       help="bypass the response cache: neither look the answer up nor store it (bench "
+                            "always does)")
     return flags
 
 
@@ -365,7 +384,9 @@ def _history():
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    """``workbench generate``: build the recipe, answer one prompt, print the answer and its metrics."""
+    """``workbench generate``: answer one prompt (from the response cache when it can, without building the
+    model), print the answer and its metrics."""
+    from . import cache
     from .engine import Engine
     from .optimize import build
 
@@ -373,19 +394,110 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UsageError("--prompt: the prompt is empty; give the text to answer")
     settings = settings_from_args(args)
     recipe = check_buildable(recipe_from_args(args))
+    messages = [{"role": "user", "content": args.prompt}]
+    responses, policy, embed = _cache_for(args, settings)
+    key = cache.model_key(recipe)
+    hit = responses.lookup(key, messages, settings, policy, embed) if responses else None
+    if hit is not None and hit.entry.get("model"):
+        result = _answer(cache.ReplayRequest(hit, recipe, settings, "cli", _history()), stream=not args.json)
+        if args.json:
+            print(json.dumps(hit_report(recipe, settings, result, hit), indent=2))
+        else:
+            print(f"\n[{hit_line(result, hit)}]")
+        return 0
     optimized = build(recipe, trust_remote_code=args.trust_remote_code, on_step=_print_build_step)
     engine = Engine(optimized, _history())
     try:
-        result = _answer(engine.submit(args.prompt, settings, origin="cli"), stream=not args.json)
+        request = engine.submit(messages, settings, origin="cli")
+        if responses is not None:
+            request = cache.StoringRequest(request, responses, key, messages, settings, policy,
+                                           engine.tokenizer, optimized.stats.to_dict(), embed)
+        result = _answer(request, stream=not args.json)
     finally:
         engine.close()
     if result.error:
         return _fail(f"generation failed: {result.error}", status=1)
     if args.json:
-        print(json.dumps(generate_report(optimized, settings, result), indent=2))
+        print(json.dumps({**generate_report(optimized, settings, result), "cache_hit": None}, indent=2))
     else:
         print(f"\n[{metrics_line(result, optimized.stats.backend)}]")
     return 0
+
+
+def _cache_for(args: argparse.Namespace, settings):
+    """(response cache or None, policy, embedder or None) for ``generate``'s flags; warnings go to stderr."""
+    from . import cache
+
+    policy = cache.CachePolicy(
+        enabled=not args.no_cache, semantic=args.semantic, cache_sampled=args.cache_sampled, ttl_s=args.cache_ttl,
+        threshold=args.similarity if args.similarity is not None else cache.DEFAULT_THRESHOLD,
+    )
+    if not policy.applies_to(settings):
+        return None, policy, None
+    responses = cache.ResponseCache()
+    if responses.problem:
+        print(f"{PROG}: warning: {responses.problem}", file=sys.stderr)
+    policy, embed, notice = cache.usable_policy(policy)
+    if notice:
+        print(f"{PROG}: warning: {notice}", file=sys.stderr)
+    return (responses if responses.available else None), policy, embed
+
+
+def hit_report(recipe: Recipe, settings, result, hit) -> dict:
+    """The JSON object of ``generate --json`` for an answer from the cache: the same keys, ``cache`` = the kind
+    of hit, ``model`` = the stats of the model that wrote the answer, and ``cache_hit`` with the lookup."""
+    return {
+        "recipe": recipe.to_dict(),
+        "recipe_key": result.recipe_key,
+        "text": result.text,
+        **result.metrics(),
+        "model": hit.entry.get("model"),
+        "settings": asdict(settings),
+        "notes": [],
+        "cache_hit": hit.info(),
+    }
+
+
+def hit_line(result, hit) -> str:
+    """One human line for a cached answer: kind, lookup time, what it saved, tokens."""
+    parts = [f"cache {hit.kind} hit", f"lookup {hit.lookup_s * 1000:.1f} ms",
+             f"the model took {hit.entry.get('e2e_s') or 0:.2f} s", f"{result.new_tokens} tokens replayed"]
+    if hit.kind == "semantic":
+        parts.append(f"matched {hit.matched_question!r} (similarity {hit.similarity:.3f})")
+    return " · ".join(parts)
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """``workbench cache stats|clear``: the response cache's entries, size, hit rate and time saved; or empty it."""
+    from . import cache
+
+    responses = cache.ResponseCache()
+    if responses.problem:
+        print(f"{PROG}: warning: {responses.problem}", file=sys.stderr)
+    if args.action == "clear":
+        removed = responses.clear()
+        report = {"cleared": removed, **responses.stats()}
+        print(json.dumps(report, indent=2) if args.json else f"removed {removed} cached answers from "
+                                                              f"{report['directory']}")
+    else:
+        report = responses.stats()
+        print(json.dumps(report, indent=2) if args.json else cache_stats_text(report))
+    status = 0 if responses.available else 1
+    responses.close()
+    return status
+
+
+def cache_stats_text(stats: dict) -> str:
+    """The cache stats as a few human lines."""
+    rate = "n/a" if stats["hit_rate"] is None else f"{stats['hit_rate']:.0%}"
+    hits, n = stats["hits"], stats["entries"]
+    return "\n".join([
+        f"response cache: {stats['directory']}",
+        f"{n} answer{'' if n == 1 else 's'}, {stats['size_bytes'] / 2**20:.1f} MB of "
+        f"{stats['size_limit_bytes'] / 2**20:.0f} MB",
+        f"hit rate {rate}: {hits['exact']} exact + {hits['semantic']} semantic hits, {stats['misses']} misses",
+        f"model time saved: {stats['saved_s']:.1f} s",
+    ])
 
 
 def _answer(request, stream: bool):
@@ -802,4 +914,4 @@ def cmd_metrics_server(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"generate": cmd_generate, "bench": cmd_bench, "eval": cmd_eval, "distill": cmd_distill,
-            "metrics-server": cmd_metrics_server}
+            "cache": cmd_cache, "metrics-server": cmd_metrics_server}

@@ -104,7 +104,12 @@ class HistoryStore:
             db.execute("CREATE INDEX IF NOT EXISTS requests_recipe ON requests (recipe_key, started_at)")
 
     def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=30)
+        db = sqlite3.connect(self.path, timeout=30)
+        # WAL without a sync per commit: a row costs well under a millisecond instead of an fsync (~10-20 ms),
+        # which would otherwise sit inside every request's completion and every cache hit.
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
 
     def add(self, rec: RequestRecord) -> None:
         row = asdict(rec)

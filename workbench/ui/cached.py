@@ -13,6 +13,7 @@ import time
 
 import streamlit as st
 
+from ..cache import ResponseCache
 from ..engine import Engine
 from ..loading import ModelSourceError
 from ..metrics import HistoryStore
@@ -127,3 +128,9 @@ def model_slot(recipe: Recipe, trust_remote_code: bool) -> ModelSlot:
 def job_registry() -> JobRegistry:
     """The background jobs of this server (students being built, recipes being measured)."""
     return JobRegistry()
+
+
+@st.cache_resource(show_spinner=False, validate=lambda responses: responses.available)
+def response_cache(directory: str) -> ResponseCache:
+    """The response cache every session shares (one per directory); a cache that could not open is retried."""
+    return ResponseCache(directory)

@@ -33,6 +33,17 @@ SEED = "chat.seed"
 STOP = "chat.stop"  # the Stop button shown while a reply streams
 TURN_DONE = "chat.turn_done"  # threading.Event of the latest reply: set once it is stored in MESSAGES
 
+# Response cache (sidebar, every page).
+CACHE_ENABLED = "cache.enabled"
+CACHE_SEMANTIC = "cache.semantic"
+CACHE_THRESHOLD = "cache.threshold"  # the slider, drawn only while semantic matching is on
+CACHE_THRESHOLD_KEPT = "cache.threshold_kept"  # its value, kept while the slider is hidden
+CACHE_SAMPLED = "cache.sampled"  # also cache answers sampled at temperature > 0
+CACHE_TTL_MIN = "cache.ttl_minutes"  # 0 = kept until evicted
+CACHE_SIZE_MB = "cache.size_limit_mb"
+CACHE_CLEAR = "cache.clear"  # the Clear cache button
+CACHE_STATS_BOX = "cache.stats_box"  # this run's placeholder of the stats, redrawn after a reply
+
 # What changed page.
 MEASUREMENTS = "changes.measurements"  # recipe key -> the result of measure.measure_pair
 QUICK_MEASURE = "changes.quick"
@@ -100,3 +111,17 @@ def recipe_error() -> str | None:
 
 def remote_code_allowed() -> bool:
     return bool(st.session_state.get(REMOTE_CODE_ALLOWED, False))
+
+
+def cache_policy():
+    """How this session's chat uses the response cache (the sidebar's choices; defaults before it draws)."""
+    from ..cache import DEFAULT_THRESHOLD, CachePolicy
+
+    ttl_min = st.session_state.get(CACHE_TTL_MIN) or 0
+    return CachePolicy(
+        enabled=bool(st.session_state.get(CACHE_ENABLED, True)),
+        semantic=bool(st.session_state.get(CACHE_SEMANTIC, False)),
+        threshold=float(st.session_state.get(CACHE_THRESHOLD_KEPT, DEFAULT_THRESHOLD)),
+        cache_sampled=bool(st.session_state.get(CACHE_SAMPLED, False)),
+        ttl_s=ttl_min * 60 if ttl_min > 0 else None,
+    )

