@@ -124,7 +124,7 @@ def _distill_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--steps", type=_int_at_least(1), default=None, metavar="N",
                        help="total training steps; a student trained fewer steps resumes (default 100)")
     group.add_argument("--layers-ratio", type=_float_in(0.0, 0.9), default=None, metavar="R",
-                       help="share of the teacher's decoder layers the student drops (default 0.5)")
+                       help="share of the teacher's decoder layers the student drops (default 0.3)")
     group.add_argument("--channels-ratio", type=_float_in(0.0, 0.9), default=None, metavar="R",
                        help="share of the MLP channels the student drops as well (default 0)")
     group.add_argument("--temperature", type=_positive_float, default=None, metavar="T",

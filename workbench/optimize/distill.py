@@ -33,7 +33,7 @@ PROMPTS = Path(__file__).resolve().parents[2] / "assets" / "distill" / "prompts.
 class StudentSpec:
     """How to make and heal a student. Everything but ``steps`` names the student; more steps resume it."""
 
-    layers_ratio: float = 0.5  # share of decoder layers removed from the teacher to initialise the student
+    layers_ratio: float = 0.3  # share of decoder layers removed from the teacher to initialise the student
     channels_ratio: float = 0.0  # share of MLP channels removed as well
     temperature: float = 2.0  # softens both distributions so the student learns the teacher's runner-ups
     hidden_weight: float = 0.0  # weight of an MSE loss on the final hidden state (0 = logits only)

@@ -152,7 +152,7 @@ def student_settings() -> tuple[distill.StudentSpec, int]:
     steps = steps_col.number_input("Steps", min_value=1, max_value=10_000, value=distill.DEFAULT_STEPS, step=25,
                                    key=state.STUDENT_STEPS,
                                    help="Optimisation steps in all; a student trained further already is kept.")
-    percent = layers_col.slider("Decoder layers removed from the teacher", 10, 90, 50, 5, format="%d%%",
+    percent = layers_col.slider("Decoder layers removed from the teacher", 10, 90, round(distill.StudentSpec().layers_ratio * 100), 5, format="%d%%",
                                 key=state.STUDENT_LAYERS,
                                 help="The student starts as the teacher without its least useful layers, then "
                                      "learns to imitate the teacher's next-token distributions.")
