@@ -38,10 +38,15 @@ def recipe_panes() -> dict[str, Engine | None]:
     for side, column in zip(compare.SIDES, st.columns(2, gap="large")):
         with column, st.container(border=True):
             st.subheader(f"Recipe {NAMES[side]}")
-            recipe, _, trust = widgets.recipe_controls(PREFIXES[side])
+            with st.expander(f"Change recipe {NAMES[side]}", icon=":material/tune:"):
+                recipe, problem, trust = widgets.recipe_controls(PREFIXES[side])
             _save(PREFIXES[side])
             slots[side] = None if recipe is None else cached.model_slot(recipe, trust)
             boxes[side] = st.empty()
+            if problem:  # also outside the expander, which may be closed
+                boxes[side].error(f"Recipe {NAMES[side]} cannot run here: {problem}", icon=":material/block:")
+            elif recipe is None:
+                boxes[side].info(f"Choose a model for recipe {NAMES[side]} under Change recipe {NAMES[side]}.")
     _await_builds(slots, boxes)
     return {side: _pane_status(slots[side], boxes[side]) for side in compare.SIDES}
 
@@ -238,6 +243,7 @@ class _Pane:
         self.text = st.empty()
         self.figures = st.empty()
         self.chart = st.empty()
+        self.footer = st.empty()  # the finished answer's figures in one line, or its error
         self.keys = (f"compare-{side}-live-{i}" for i in itertools.count())
 
 
@@ -281,7 +287,7 @@ def _draw_figures(pane: _Pane, figures: dict) -> None:
         ttft, tpot, rate = st.columns(3)
         ttft.metric("TTFT", num("ttft_ms", ".0f", "ms"))
         tpot.metric("TPOT", num("tpot_ms", ".1f", "ms"))
-        rate.metric("Decode", num("decode_tok_s", ".1f", "tok/s"))
+        rate.metric("Decode tok/s", num("decode_tok_s", ".1f", "").strip())
 
 
 def _draw_final(pane: _Pane, answer: dict | None, key: str, charts_too: bool) -> None:
@@ -290,7 +296,7 @@ def _draw_final(pane: _Pane, answer: dict | None, key: str, charts_too: bool) ->
         return
     pane.text.markdown(answer["text"] or "_(no text)_")
     if answer.get("error"):
-        st.error(answer["error"])
+        pane.footer.error(answer["error"])
     if not answer.get("metrics"):
         return
     if charts_too:
@@ -298,7 +304,8 @@ def _draw_final(pane: _Pane, answer: dict | None, key: str, charts_too: bool) ->
         title = f"{NAMES[pane.side]}: per-token latency"
         widgets.draw_chart(pane.chart, charts.token_latency_figure(answer["token_times"], title),
                            f"compare-{pane.side}-{key}")
-    st.caption(widgets.format_metrics(answer["metrics"]))
+    if not answer.get("error"):
+        pane.footer.caption(widgets.format_metrics(answer["metrics"]))
 
 
 def show_summary(turn: dict) -> None:
