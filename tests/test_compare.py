@@ -275,7 +275,7 @@ def test_the_prompt_set_runs_in_the_background_and_shows_distributions(tiny_mode
                for c in at.get("plotly_chart")}
     boxes = figures["Per prompt, per recipe"]["data"]
     assert len(boxes) == 6 and all(len(box["y"]) == 3 for box in boxes if box["y"] is not None)
-    assert {box["name"].split(":")[0] for box in boxes} == {"A", "B"}
+    assert [box["name"] for box in boxes] == ["A"] * 3 + ["B"] * 3
 
 
 def test_models_built_at_once_all_get_their_weights(tiny_model_dir):
@@ -290,3 +290,12 @@ def test_models_built_at_once_all_get_their_weights(tiny_model_dir):
             assert slot.wait(120) and slot.ready, slot.error
             assert slot.optimized.stats.nonzero_params > 0
             slot.release()
+
+
+def test_the_same_recipe_in_both_panes_is_pointed_out(tiny_model_dir):
+    at = compare_app(tiny_model_dir)  # the sidebar recipe is its own baseline: A and B are one model
+    assert not at.exception
+    assert any("A and B are the same recipe" in i.value for i in at.info)
+    at.chat_input[0].set_value("hello").run()  # one engine answers twice, in turn
+    assert not at.exception and len([m for m in at.metric if m.label == "TTFT"]) == 2
+    assert summary_table(at)["Token agreement (B with A, same position)"]["B"] == "100%"

@@ -5,6 +5,7 @@ The Compare page's logic on plain data and engines; nothing here touches Streaml
 
 from __future__ import annotations
 
+import os
 import queue
 import statistics
 import threading
@@ -286,6 +287,7 @@ def run_prompt_set(
         stop: returns True to end after the current answers (they are kept).
     """
     stop = stop or (lambda: False)
+    load_before = load_average()
     for engine in engines:
         warm_up(engine)
     sides = {side: {"label": e.optimized.recipe.label(), "recipe_key": e.optimized.recipe.key(),
@@ -306,7 +308,16 @@ def run_prompt_set(
         if on_step:
             on_step(done, len(prompts), {"text": f"Prompt {done} of {len(prompts)}"})
     return {"a": sides["a"], "b": sides["b"], "prompts": list(prompts[:done]), "mode": mode,
-            "max_new_tokens": settings.max_new_tokens, "measured_at": started}
+            "max_new_tokens": settings.max_new_tokens, "measured_at": started, "load_before": load_before,
+            "cpus": os.cpu_count()}
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the platform has none): how busy the machine was before timing."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def _answer_both(engines, prompt: str, settings: GenerationSettings, mode: str, stop) -> list[GenerationResult]:

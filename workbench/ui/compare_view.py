@@ -11,7 +11,7 @@ import streamlit as st
 
 from .. import quality
 from ..engine import Engine, GenerationSettings, Request
-from . import cached, charts, compare, jobs, state, widgets
+from . import cached, changes, charts, compare, jobs, state, widgets
 from .units import human_bytes, human_count
 
 PREFIXES = {"a": state.COMPARE_A, "b": state.COMPARE_B}
@@ -48,7 +48,11 @@ def recipe_panes() -> dict[str, Engine | None]:
             elif recipe is None:
                 boxes[side].info(f"Choose a model for recipe {NAMES[side]} under Change recipe {NAMES[side]}.")
     _await_builds(slots, boxes)
-    return {side: _pane_status(slots[side], boxes[side]) for side in compare.SIDES}
+    engines = {side: _pane_status(slots[side], boxes[side]) for side in compare.SIDES}
+    if slots["a"] is not None and slots["a"] is slots["b"]:
+        st.info("A and B are the same recipe (one model answers twice): change one of them to compare two.",
+                icon=":material/info:")
+    return engines
 
 
 def _restore_or_seed() -> None:
@@ -408,9 +412,11 @@ def show_set(result: dict) -> None:
     when = time.strftime("%H:%M:%S", time.localtime(result["measured_at"]))
     st.caption(f"Measured at {when}, {result['mode']} order, up to {result['max_new_tokens']} new tokens per "
                f"answer. A: {result['a']['label']} · B: {result['b']['label']}")
+    busy = changes.busy_note(result)
+    if busy:
+        st.warning(busy, icon=":material/speed:")
     _summary_body(summary, ", median", "set-summary")
-    samples = {f"{NAMES[side]}: {result[side]['label']}": {m.key: result[side][m.key] for m in compare.MEASURES}
-               for side in compare.SIDES}
+    samples = {NAMES[side]: {m.key: result[side][m.key] for m in compare.MEASURES} for side in compare.SIDES}
     measures = [(m.key, f"{m.name} ({m.unit})") for m in compare.DISTRIBUTIONS]
     widgets.draw_chart(st.empty(), charts.distribution_figure(samples, measures, "Per prompt, per recipe"),
                        "set-distribution")
