@@ -28,9 +28,11 @@ def test_compare_streams_both_panes_then_the_summary(page, artifacts_dir):  # no
     expect(box).to_be_editable(timeout=MODEL_WAIT_MS)  # the chat page's model is built
     page.get_by_test_id("stSidebarNav").get_by_role("link", name="Compare").click()
     expect(page.get_by_role("heading", name="Recipe B")).to_be_visible(timeout=60_000)
+    expect(box).to_have_count(1, timeout=MODEL_WAIT_MS)
     expect(box).to_be_editable(timeout=MODEL_WAIT_MS)  # both models built
     choose(page, "B", "dtype", "int8 (quantized)")
     expect(page.get_by_text("backend: PyTorch dynamic int8")).to_be_visible(timeout=MODEL_WAIT_MS)
+    expect(box).to_have_count(1, timeout=60_000)  # a rerun's stale elements are gone
     expect(box).to_be_editable(timeout=MODEL_WAIT_MS)
 
     box.fill("What is the capital of France?")

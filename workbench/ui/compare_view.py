@@ -47,10 +47,11 @@ def recipe_panes() -> dict[str, Engine | None]:
                 boxes[side].error(f"Recipe {NAMES[side]} cannot run here: {problem}", icon=":material/block:")
             elif recipe is None:
                 boxes[side].info(f"Choose a model for recipe {NAMES[side]} under Change recipe {NAMES[side]}.")
+    same = st.empty()  # always drawn, so that the elements below keep their places from run to run
     _await_builds(slots, boxes)
     engines = {side: _pane_status(slots[side], boxes[side]) for side in compare.SIDES}
     if slots["a"] is not None and slots["a"] is slots["b"]:
-        st.info("A and B are the same recipe (one model answers twice): change one of them to compare two.",
+        same.info("A and B are the same recipe (one model answers twice): change one of them to compare two.",
                 icon=":material/info:")
     return engines
 
