@@ -12,6 +12,7 @@ st.logo(str(Path(__file__).parent / "assets" / "logo.svg"), size="large")
 pages = [
     st.Page("pages/chat.py", title="Chat", icon=":material/chat:", default=True),
     st.Page("pages/recipe.py", title="What changed", icon=":material/compare_arrows:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/view_column_2:"),
     st.Page("pages/distill.py", title="Build a student", icon=":material/school:"),
     st.Page("pages/monitor.py", title="Monitor", icon=":material/monitoring:"),
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,12 @@ class ModelSourceError(RuntimeError):
 class Source:
     kind: str  # "embedded" | "gguf" | "dir" | "hub"
     location: str  # file, directory or repo id
+
+
+# Building a model swaps module-wide hooks for a moment (empty weights are created on the meta device by
+# patching nn.Module): two models built at once on two threads (A and B of a comparison) would catch each
+# other's meta tensors. One at a time.
+_BUILD_LOCK = threading.Lock()
 
 
 def resolve_source(model: str) -> Source:
@@ -99,7 +106,8 @@ def _converted_gguf(model: str, gguf: Path, on_step: OnStep) -> Path:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model_obj = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
+        with _BUILD_LOCK:
+            model_obj = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
     except (ValueError, OSError, KeyError, RuntimeError) as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelSourceError(f"cannot convert {gguf.name}: {first_line}") from exc
@@ -127,7 +135,8 @@ def _from_pretrained(location: str, on_step: OnStep, **kwargs):
         # The config first: it is where a model that needs its own code says so.
         config = AutoConfig.from_pretrained(location, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-        model_obj = AutoModelForCausalLM.from_pretrained(location, config=config, dtype="float32", **kwargs)
+        with _BUILD_LOCK:
+            model_obj = AutoModelForCausalLM.from_pretrained(location, config=config, dtype="float32", **kwargs)
     except (ValueError, OSError, KeyError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "trust_remote_code" in str(exc) or "custom code" in str(exc):

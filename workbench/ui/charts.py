@@ -133,16 +133,18 @@ WORSE_COLOUR = "#e8590c"
 SAME_COLOUR = "#868e96"
 
 
-def ratio_figure(ratios: list[dict], title: str = "This recipe ÷ baseline") -> go.Figure:
+def ratio_figure(ratios: list[dict], title: str = "This recipe ÷ baseline", reference: str = "baseline") -> go.Figure:
     """Horizontal bars of recipe ÷ baseline per measure, coloured by whether that is better or worse.
 
     Args:
         ratios: ``changes.ratios`` output: ``name``, ``ratio``, ``better`` (True / False / None), ``text``.
         title: the chart title.
+        reference: what the ratios are relative to, as the axis, legend and the line at 1 name it.
     """
     fig = go.Figure()
     colour = {True: BETTER_COLOUR, False: WORSE_COLOUR, None: SAME_COLOUR}
-    for better, legend in ((True, "better than baseline"), (False, "worse than baseline"), (None, "about the same")):
+    for better, legend in ((True, f"better than {reference}"), (False, f"worse than {reference}"),
+                           (None, "about the same")):
         shown = [r for r in ratios if r["better"] is better]
         if not shown:
             continue
@@ -155,21 +157,53 @@ def ratio_figure(ratios: list[dict], title: str = "This recipe ÷ baseline") -> 
             textposition="outside",
             cliponaxis=False,
             name=legend,
-            hovertemplate="%{y}: %{x:.3f}× baseline<extra></extra>",
+            hovertemplate="%{y}: %{x:.3f}× " + reference + "<extra></extra>",
         ))
     if not ratios:
         _empty_note(fig, "Nothing measured yet")
-    fig.add_vline(x=1, line=dict(dash="dot", width=1.5, color="#495057"), annotation_text="baseline = 1",
+    fig.add_vline(x=1, line=dict(dash="dot", width=1.5, color="#495057"), annotation_text=f"{reference} = 1",
                   annotation_position="top", annotation_font=dict(size=11, color="#495057"))
     top = max([r["ratio"] for r in ratios] + [1.0])
     fig.update_layout(
         title=dict(text=title, font=dict(size=14)),
-        xaxis=dict(title="× baseline", range=[0, top * 1.3], zeroline=True),
+        xaxis=dict(title=f"× {reference}", range=[0, top * 1.3], zeroline=True),
         yaxis=dict(categoryorder="array", categoryarray=[r["name"] for r in reversed(ratios)], automargin=True),
         barmode="overlay",
         height=80 + 48 * max(len(ratios), 2),
         margin=dict(l=10, r=30, t=50, b=10),
         legend=dict(orientation="h", yanchor="top", y=-0.25, x=0),
+        font=_FONT,
+    )
+    return fig
+
+
+def distribution_figure(samples: dict[str, dict[str, list[float | None]]], measures: list[tuple[str, str]],
+                        title: str = "Distribution per recipe") -> go.Figure:
+    """Box plots with every point, one panel per measure, one box per recipe: how the figures spread.
+
+    Args:
+        samples: recipe name -> measure key -> values (None dropped), e.g. ``{"A": {"ttft_ms": [...]}}``.
+        measures: (key, axis title) of each panel, left to right.
+        title: the chart title.
+    """
+    fig = make_subplots(rows=1, cols=len(measures), subplot_titles=[name for _, name in measures],
+                        horizontal_spacing=0.08)
+    for i, name in enumerate(samples):
+        colour = PALETTE[i % len(PALETTE)]
+        for col, (key, axis) in enumerate(measures, start=1):
+            values = [v for v in samples[name].get(key, []) if v is not None]
+            fig.add_trace(go.Box(y=values, name=name, boxpoints="all", jitter=0.4, pointpos=0,
+                                 marker=dict(color=colour, size=5), line=dict(color=colour), showlegend=col == 1,
+                                 legendgroup=name, hovertemplate=f"{name}<br>%{{y:.1f}} {axis}<extra></extra>"),
+                          row=1, col=col)
+            fig.update_yaxes(title_text=axis, rangemode="tozero", row=1, col=col)
+    if not samples:
+        _empty_note(fig, "Nothing measured yet")
+    fig.update_layout(
+        title=dict(text=title, font=dict(size=14)),
+        height=360,
+        margin=dict(l=10, r=10, t=60, b=10),
+        legend=dict(orientation="h", yanchor="top", y=-0.12, x=0),
         font=_FONT,
     )
     return fig

@@ -6,7 +6,9 @@ import threading
 
 import streamlit as st
 
-# Recipe sidebar widgets (rendered by app.py on every page, so their values persist across pages).
+# Recipe sidebar widgets (rendered by app.py on every page, so their values persist across pages). Another set
+# of recipe controls uses the same names under its own prefix (see widget_key).
+RECIPE_PREFIX = "recipe"
 MODEL_CHOICE = "recipe.model_choice"  # "embedded", a catalog hub id, or OTHER_MODEL
 MODEL_OTHER = "recipe.model_other"  # free text: hub id, model directory or .gguf file
 DEVICE = "recipe.device"
@@ -59,7 +61,25 @@ MONITOR_WINDOW = "monitor.window"
 MONITOR_LIVE = "monitor.live"
 MONITOR_REFRESH = "monitor.refresh_s"
 
+# Compare page: recipe controls of A and B under these prefixes (see widget_key).
+COMPARE_A = "compare.a"
+COMPARE_B = "compare.b"
+COMPARE_SAVED = "compare.saved"  # prefix -> the panes' widget values, kept while another page is shown
+COMPARE_TURNS = "compare.turns"  # list of turn dicts, see compare_view.compare_turn
+COMPARE_TURN_DONE = "compare.turn_done"  # threading.Event of the latest turn: set once it is stored
+COMPARE_MODE = "compare.mode"  # "sequential" | "concurrent"
+COMPARE_CONTINUE = "compare.continue"  # send earlier turns too
+COMPARE_STOP = "compare.stop"
+COMPARE_SET_SIZE = "compare.set_size"  # how many prompts of the prompt set
+COMPARE_SET_TOKENS = "compare.set_tokens"  # max new tokens per prompt-set answer
+COMPARE_SET_RESULTS = "compare.set_results"  # job key -> the result of compare.run_prompt_set
+
 OTHER_MODEL = "__other__"  # the "Other…" entry of the model selectbox (a value, not a key)
+
+
+def widget_key(key: str, prefix: str = RECIPE_PREFIX) -> str:
+    """A recipe widget key under another prefix: ``widget_key(DTYPE, "compare.a")`` is "compare.a.dtype"."""
+    return prefix + key[len(RECIPE_PREFIX):]
 
 
 def messages() -> list[dict]:
