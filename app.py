@@ -13,6 +13,7 @@ pages = [
     st.Page("pages/chat.py", title="Chat", icon=":material/chat:", default=True),
     st.Page("pages/recipe.py", title="What changed", icon=":material/compare_arrows:"),
     st.Page("pages/distill.py", title="Build a student", icon=":material/school:"),
+    st.Page("pages/benchmark.py", title="Benchmark", icon=":material/stacked_line_chart:"),
 ]
 navigation = st.navigation(pages)
 widgets.recipe_sidebar()

@@ -354,3 +354,73 @@ def _reset_peak_rss() -> None:
             f.write("5")
     except OSError:
         pass
+
+
+# Saved sweeps -----------------------------------------------------------------------------------------------
+
+
+def sweeps_dir():
+    """``WORKBENCH_HOME/benchmarks``: one JSON file per finished sweep (its requests are in the history too)."""
+    from . import cache
+
+    path = cache.home() / "benchmarks"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_sweep(report: dict) -> str:
+    """Write a finished sweep (``{"settings", "runs", ..., "results": [entries]}``) and return its file's name.
+
+    Written to a temp file then renamed, like the artifacts, so a reader never sees half a file.
+    """
+    import json
+    import os
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = f"sweep-{stamp}-{os.getpid()}-{threading.get_ident() % 10_000:04d}.json"
+    path = sweeps_dir() / name
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"saved_at": time.time(), **report}, indent=1))
+    os.replace(tmp, path)
+    return name
+
+
+def load_sweeps(limit: int = 20) -> list[dict]:
+    """The most recent saved sweeps, newest first, each with its ``name``; unreadable files are skipped."""
+    import json
+
+    sweeps = []
+    for path in sorted(sweeps_dir().glob("sweep-*.json"), reverse=True)[:limit]:
+        try:
+            sweeps.append({"name": path.name, **json.loads(path.read_text())})
+        except (OSError, ValueError):
+            continue
+    return sweeps
+
+
+def tradeoff(entries: list[dict]) -> list[str]:
+    """One sentence per scheduler and batch size above the smallest: throughput gained, latency paid.
+
+    E.g. "static, batch 16: 6.2× the tokens per second of batch 1, each request 2.5× longer (E2E p50)".
+    """
+    lines = []
+    for scheduler in dict.fromkeys(e.get("scheduler", "static") for e in entries):
+        rows = sorted((e for e in entries if e.get("scheduler", "static") == scheduler), key=lambda e: e["batch_size"])
+        if len(rows) < 2:
+            continue
+        base = rows[0]
+        for e in rows[1:]:
+            speed = _ratio(e["throughput_tok_s"], base["throughput_tok_s"])
+            e2e = _ratio(e["e2e_ms"]["p50"], base["e2e_ms"]["p50"])
+            ttft = _ratio(e["ttft_ms"]["p50"], base["ttft_ms"]["p50"])
+            if speed is None or e2e is None:
+                continue
+            longer = f"each request {e2e:.1f}× as long" if e2e >= 1 else f"each request done in {e2e:.2f}× the time"
+            ttft_text = "" if ttft is None else f", first token after {ttft:.1f}× the wait"
+            lines.append(f"{scheduler}, batch {e['batch_size']}: {speed:.1f}× the tokens per second of batch "
+                         f"{base['batch_size']}, {longer} (E2E p50){ttft_text}.")
+    return lines
+
+
+def _ratio(a, b) -> float | None:
+    return a / b if a is not None and b else None

@@ -490,6 +490,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
               "results": entries}
     if args.eval:
         report["quality_settings"] = _quality_settings(args)
+    if len(entries) > 1 or concurrency > 1:
+        try:
+            bench.save_sweep(report)  # the Benchmark page lists it among the earlier sweeps
+        except OSError:
+            pass
     print(json.dumps(report, indent=2) if args.json else bench_table(entries))
     return 0
 
