@@ -33,6 +33,10 @@ from .recipe import RecipeError
 _END = object()
 SCHEDULERS = ("static", "continuous")
 DEFAULT_BATCH_WINDOW_S = 0.02  # how long the worker waits for more requests to fill a batch
+# The continuous scheduler's paged KV cache is allocated up front: room for this many tokens (prompt and answer)
+# per request of a full batch. Left to itself, transformers sizes it from free memory (GBs on a CPU machine).
+CONTINUOUS_TOKENS_PER_REQUEST = 1024
+CONTINUOUS_PAGE_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -556,7 +560,11 @@ class _Continuous:
         if problem:
             raise RuntimeError(problem)
         config = engine._generation_config(GenerationSettings(max_new_tokens=256))
-        cb_config = ContinuousBatchingConfig(max_requests_per_batch=engine.batch_size)
+        tokens = engine.batch_size * CONTINUOUS_TOKENS_PER_REQUEST
+        cb_config = ContinuousBatchingConfig(
+            max_requests_per_batch=engine.batch_size, page_size=CONTINUOUS_PAGE_SIZE,
+            num_blocks=-(-tokens // CONTINUOUS_PAGE_SIZE), max_batch_tokens=max(256, 32 * engine.batch_size),
+        )
         self.manager = engine.optimized.model.init_continuous_batching(generation_config=config,
                                                                        continuous_batching_config=cb_config)
         self.manager.start()

@@ -20,8 +20,10 @@ WARMUP = 1  # warm-up requests per user, excluded from every figure
 SCHEDULER_HELP = {
     "static": "static — the worker collects up to a batch of waiting requests, runs them together to the end, "
               "then takes the next batch",
-    "continuous": "continuous — transformers' continuous batching: a request joins the running batch at the next "
-                  "decode step, and leaves it as soon as it is done",
+    "continuous": "continuous — transformers' continuous batching (paged KV cache): a request joins the running "
+                  "batch at the next decode step and leaves it as soon as it is done, instead of waiting for the "
+                  "whole batch. It serves greedy requests; sampled ones run one at a time beside it, because it "
+                  "applies one sampling setting to every request",
 }
 
 
