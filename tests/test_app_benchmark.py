@@ -46,9 +46,14 @@ def test_batching_figure_has_one_line_per_measure_and_scheduler():
 
 
 def test_tradeoff_names_the_throughput_gained_and_the_latency_paid():
-    lines = bench.tradeoff([entry("static", 1, 10, 100, 1000, 1200), entry("static", 16, 62, 400, 2500, 3000)])
-    assert lines == ["static, batch 16: 6.2× the tokens per second of batch 1, each request 2.5× as long "
-                     "(E2E p50), first token after 4.0× the wait."]
+    slow = {**entry("static", 16, 62, 400, 2500, 3000), "tpot_ms": {"n": 4, "p50": 27.0}}
+    lines = bench.tradeoff([entry("static", 1, 10, 100, 1000, 1200), slow, entry("static", 4, 25, 100, 270, 300)])
+    assert lines == [
+        "static, batch 4: 2.5× the tokens per second of batch 1; each token 1.0× slower to come (TPOT p50); "
+        "each request 0.27× as long from submit to last token (E2E p50, queueing included).",
+        "static, batch 16: 6.2× the tokens per second of batch 1; each token 2.7× slower to come (TPOT p50); "
+        "each request 2.5× as long from submit to last token (E2E p50, queueing included).",
+    ]
 
 
 def test_benchmark_page_runs_a_sweep_and_saves_it(tiny_model_dir):

@@ -401,7 +401,9 @@ def load_sweeps(limit: int = 20) -> list[dict]:
 def tradeoff(entries: list[dict]) -> list[str]:
     """One sentence per scheduler and batch size above the smallest: throughput gained, latency paid.
 
-    E.g. "static, batch 16: 6.2× the tokens per second of batch 1, each request 2.5× longer (E2E p50)".
+    E.g. "static, batch 16: 4.9× the tokens per second of batch 1; each token 2.7× slower to come (TPOT p50);
+    each request 0.27× as long from submit to last token (E2E p50, queueing included)". With more users than
+    the batch size, requests queue at small batch sizes, so E2E can fall while every token comes slower.
     """
     lines = []
     for scheduler in dict.fromkeys(e.get("scheduler", "static") for e in entries):
@@ -412,14 +414,20 @@ def tradeoff(entries: list[dict]) -> list[str]:
         for e in rows[1:]:
             speed = _ratio(e["throughput_tok_s"], base["throughput_tok_s"])
             e2e = _ratio(e["e2e_ms"]["p50"], base["e2e_ms"]["p50"])
-            ttft = _ratio(e["ttft_ms"]["p50"], base["ttft_ms"]["p50"])
             if speed is None or e2e is None:
                 continue
-            longer = f"each request {e2e:.1f}× as long" if e2e >= 1 else f"each request done in {e2e:.2f}× the time"
-            ttft_text = "" if ttft is None else f", first token after {ttft:.1f}× the wait"
-            lines.append(f"{scheduler}, batch {e['batch_size']}: {speed:.1f}× the tokens per second of batch "
-                         f"{base['batch_size']}, {longer} (E2E p50){ttft_text}.")
+            parts = [f"{scheduler}, batch {e['batch_size']}: {_times(speed)} the tokens per second of batch "
+                     f"{base['batch_size']}"]
+            tpot = _ratio(e["tpot_ms"]["p50"], base["tpot_ms"]["p50"])
+            if tpot is not None:
+                parts.append(f"each token {_times(tpot)} {'slower' if tpot >= 1 else 'as slow'} to come (TPOT p50)")
+            parts.append(f"each request {_times(e2e)} as long from submit to last token (E2E p50, queueing included)")
+            lines.append("; ".join(parts) + ".")
     return lines
+
+
+def _times(ratio: float) -> str:
+    return f"{ratio:.1f}×" if ratio >= 0.995 else f"{ratio:.2f}×"
 
 
 def _ratio(a, b) -> float | None:

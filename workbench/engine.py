@@ -341,10 +341,6 @@ class Engine:
             batch.append(item)
         return batch, closing
 
-    def _run(self, request: Request) -> None:
-        """Serve one request on its own (a batch of one)."""
-        self._run_batch([request])
-
     def _run_batch(self, requests: list[Request]) -> None:
         started = time.perf_counter()
         rows = []
