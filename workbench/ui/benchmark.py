@@ -143,8 +143,9 @@ def sweep_result(report: dict) -> None:
     when = datetime.fromtimestamp(report.get("saved_at", time.time())).strftime("%Y-%m-%d %H:%M:%S")
     st.caption(
         f"{report.get('label', '')} — measured at {when}: {report['concurrency']} simulated users, "
-        f"{report['runs']} measured requests each of exactly {report['settings']['max_new_tokens']} tokens per batch "
-        "size. Latency counts from each request's own start, so waiting in the queue is part of it."
+        f"{report['runs']} measured request{'s' if report['runs'] != 1 else ''} each of exactly "
+        f"{report['settings']['max_new_tokens']} tokens, at each batch size. Latency counts from each request's own "
+        "start, so waiting in the queue is part of it; TPOT is the time between two tokens of one answer."
     )
     for line in bench.tradeoff(report["results"]):
         st.markdown(f"- {line}")

@@ -229,8 +229,10 @@ def batching_figure(entries: list[dict], title: str = "Latency per request again
             if not points:
                 continue
             label = name if len(schedulers) == 1 else f"{name} · {scheduler}"
+            labelled = (key, stat) == ("e2e_ms", "p99")  # the top line carries the batch sizes; the rest hover
             fig.add_trace(go.Scatter(
-                x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers+text", name=label,
+                x=[p[0] for p in points], y=[p[1] for p in points], name=label,
+                mode="lines+markers+text" if labelled else "lines+markers",
                 text=[f"batch {p[2]}" for p in points], textposition="top center", textfont=dict(size=10),
                 line=dict(color=colour, width=2, dash=SCHEDULER_DASH.get(scheduler, "dot")),
                 marker=dict(size=9, color=colour, symbol=SCHEDULER_SYMBOL.get(scheduler, "square")),
