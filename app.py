@@ -15,6 +15,7 @@ pages = [
     st.Page("pages/compare.py", title="Compare", icon=":material/view_column_2:"),
     st.Page("pages/distill.py", title="Build a student", icon=":material/school:"),
     st.Page("pages/monitor.py", title="Monitor", icon=":material/monitoring:"),
+    st.Page("pages/benchmark.py", title="Benchmark", icon=":material/stacked_line_chart:"),
 ]
 navigation = st.navigation(pages)
 widgets.recipe_sidebar()

@@ -83,13 +83,17 @@ def test_summaries_agree_with_the_runs(measured):
             assert entry[key][stat] == pytest.approx(expected[stat], abs=1e-2)
 
 
-def test_batch_sizes_other_than_1_are_refused_before_building(recipe):
-    # A missing model would fail the build; the batch size must be refused first.
+def test_bad_batch_sizes_and_concurrency_are_refused_before_building(recipe):
+    # A missing model would fail the build; the bad input must be refused first.
     with pytest.raises(RecipeError) as info:
-        bench.run_bench(Recipe(model="/no/such/model", device="cpu", batch_size=4), GenerationSettings())
-    assert info.value.field == "batch-size" and "available: 1" in str(info.value)
-    with pytest.raises(RecipeError, match="dynamic batching"):
-        bench.sweep([recipe], [1, 4], GenerationSettings())
+        bench.sweep([Recipe(model="/no/such/model", device="cpu")], [1, 0], GenerationSettings())
+    assert info.value.field == "batch-size" and "from 1 to 256" in str(info.value)
+    with pytest.raises(RecipeError) as info:
+        bench.sweep([Recipe(model="/no/such/model", device="cpu")], [1, 4], GenerationSettings(), concurrency=0)
+    assert info.value.field == "concurrency"
+    with pytest.raises(RecipeError) as info:
+        bench.sweep([Recipe(model="/no/such/model", device="cpu")], [4], GenerationSettings(), schedulers=["magic"])
+    assert info.value.field == "scheduler" and "continuous" in str(info.value)
 
 
 @pytest.mark.parametrize("runs, warmup, field", [(0, 1, "runs"), (2, -1, "warmup")])

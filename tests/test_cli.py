@@ -128,6 +128,34 @@ def test_bench_json_has_one_entry_per_batch_size(capsys, tiny):
     assert "run 3/3 (measure)" in err
 
 
+def test_bench_sweeps_batch_sizes_under_concurrent_users(capsys, tiny):
+    code, out, err = run_cli(capsys, "bench", *tiny, "--runs", 2, "--warmup", 1, "--max-new-tokens", 6,
+                             "--batch-sizes", "1,4", "--concurrency", 4, "--batch-window-ms", 100, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["batch_sizes"] == [1, 4] and report["concurrency"] == 4 and report["schedulers"] == ["static"]
+    one, four = report["results"]
+    assert (one["batch_size"], four["batch_size"]) == (1, 4)
+    for entry in (one, four):
+        for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
+            assert SUMMARY_KEYS <= entry[key].keys() and entry[key]["n"] == 2 * 4  # runs per user x users
+        assert set(entry["decode_tok_s"]) == {"median", "min", "max"} and set(entry["model"]) == MODEL_KEYS
+        assert entry["throughput_tok_s"] > 0 and entry["peak_rss_mb"] > 0 and entry["concurrency"] == 4
+        assert [r["new_tokens"] for r in entry["per_run"]] == [6] * 8
+    assert one["batches"]["max"] == 1 and {r["batch_size"] for r in one["per_run"]} == {1}
+    assert four["batches"]["max"] > 1 and four["recipe"]["batch_size"] == 4
+    assert one["recipe_key"] != four["recipe_key"]
+    assert "run 24/24 (measure)" in err
+
+
+def test_bench_prints_a_load_table_for_a_sweep(capsys, tiny):
+    code, out, _ = run_cli(capsys, "bench", *tiny, "--runs", 1, "--warmup", 0, "--max-new-tokens", 3,
+                           "--batch-sizes", "1,2", "--concurrency", 2)
+    assert code == 0
+    header, *rows = out.strip().splitlines()
+    assert "E2E p99 ms" in header and "throughput tok/s" in header and "users" in header and len(rows) == 2
+
+
 def test_bench_prints_a_table(capsys, tiny):
     code, out, _ = run_cli(capsys, "bench", *tiny, "--runs", 1, "--warmup", 0, "--max-new-tokens", 4)
     assert code == 0
@@ -146,12 +174,13 @@ BAD_INPUTS = [
     (["generate", "--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens", "from 1 to 8192"),
     (["generate", "--prompt", "x", "--temperature", "-1"], "--temperature", "between 0 and 5"),
     (["generate", "--prompt", "x", "--top-p", "0"], "--top-p", "(0, 1]"),
-    (["generate", "--prompt", "x", "--batch-size", "4"], "--batch-size", "available: 1"),
+    (["generate", "--prompt", "x", "--batch-size", "0"], "--batch-size", "from 1 to 256"),
     (["generate", "--prompt", "   "], "--prompt", "empty"),
     (["generate"], "--prompt", "required"),
-    (["bench", "--batch-sizes", "4"], "--batch-sizes",
-     "batch sizes other than 1 arrive with dynamic batching; available: 1"),
-    (["bench", "--batch-sizes", "1,4,16"], "--batch-sizes", "available: 1"),
+    (["bench", "--batch-sizes", "1,0"], "--batch-sizes", "batch size must be an integer from 1 to 256"),
+    (["bench", "--batch-sizes", "1,4,300"], "--batch-sizes", "from 1 to 256"),
+    (["bench", "--concurrency", "0"], "--concurrency", "1 or more"),
+    (["bench", "--schedulers", "static,magic"], "--schedulers", "static, continuous"),
     (["bench", "--batch-sizes", "one"], "--batch-sizes", "1,4,16"),
     (["bench", "--runs", "0"], "--runs", "1 or more"),
     (["bench", "--warmup", "-1"], "--warmup", "0 or more"),

@@ -1,13 +1,18 @@
 """Benchmarks: fixed prompts through the engine, warm-up excluded, one summary per recipe and batch size.
 
-Used by ``workbench bench`` and the Benchmark page. Requests go through ``Engine.generate`` exactly as the
+Used by ``workbench bench`` and the Benchmark page. Requests go through ``Engine.submit`` exactly as the
 app's do, so these are the figures a user sees. Every run generates exactly ``max_new_tokens`` tokens (EOS
 is ignored), so runs of different recipes do the same amount of work.
+
+Load comes from simulated users: each of ``concurrency`` threads sends a request, waits for its whole answer,
+then sends the next (a closed loop). With more users than the batch size, requests queue; that wait is part
+of their TTFT and E2E, as it would be for a person. Throughput is all new tokens / the round's wall time.
 """
 
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -34,17 +39,32 @@ class BenchError(RuntimeError):
     """A benchmark run failed inside the engine; the message carries the engine's error."""
 
 
-# The engine's single worker serves one request at a time; other batch sizes come with dynamic batching.
-SUPPORTED_BATCH_SIZES = (1,)
+class BenchStopped(RuntimeError):
+    """The sweep was asked to stop (``stop()`` returned True); what was measured before is discarded."""
+
+
+MAX_BATCH_SIZE = 256
+MAX_CONCURRENCY = 256
 
 
 def check_batch_size(batch_size: int) -> None:
-    """Raise RecipeError unless the engine can serve this batch size."""
-    if batch_size not in SUPPORTED_BATCH_SIZES:
-        available = ", ".join(map(str, SUPPORTED_BATCH_SIZES))
-        raise RecipeError(
-            "batch-size", f"batch sizes other than 1 arrive with dynamic batching; available: {available}"
-        )
+    """Raise RecipeError unless the engine can serve this batch size (1 to MAX_BATCH_SIZE)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise RecipeError("batch-size", f"batch size must be an integer from 1 to {MAX_BATCH_SIZE}, got {batch_size!r}")
+
+
+def check_concurrency(concurrency: int) -> None:
+    """Raise RecipeError unless the number of simulated users is from 1 to MAX_CONCURRENCY."""
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise RecipeError("concurrency",
+                          f"concurrency must be an integer from 1 to {MAX_CONCURRENCY}, got {concurrency!r}")
+
+
+def check_scheduler(scheduler: str) -> None:
+    from .engine import SCHEDULERS
+
+    if scheduler not in SCHEDULERS:
+        raise RecipeError("scheduler", f"unknown scheduler {scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
 
 
 def check_runs(runs: int, warmup: int) -> None:
@@ -67,35 +87,50 @@ def run_bench(
     trust_remote_code: bool = False,
     on_build: OnBuild | None = None,
     evaluate: Evaluate | None = None,
+    concurrency: int = 1,
+    scheduler: str = "static",
+    batch_window_s: float | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> dict:
-    """Build a recipe's model and measure it on the fixed prompts.
+    """Build a recipe's model and measure it on the fixed prompts, with ``concurrency`` simulated users.
 
     Args:
-        recipe: what to build and measure; its ``batch_size`` must be supported by the engine.
+        recipe: what to build and measure; its ``batch_size`` is how many requests the engine runs together.
         settings: ``engine.GenerationSettings``; ``ignore_eos`` is forced on so that every run generates
             exactly ``max_new_tokens`` tokens.
-        runs: measured runs (at least 1).
-        warmup: runs before the measured ones, excluded from every figure and from the history.
-        on_step: progress callback ``(runs done, runs in total, metrics)``; metrics are the run's
-            ``GenerationResult.metrics()`` plus ``phase`` ("warmup" or "measure").
-        optimized: an already built ``OptimizedModel`` of this recipe, to skip the build.
+        runs: measured requests per user (at least 1); ``runs * concurrency`` in all.
+        warmup: requests per user before the measured ones, excluded from every figure and from the history.
+        on_step: progress callback ``(requests done, requests in total, metrics)``; metrics are the request's
+            ``GenerationResult.metrics()`` plus ``phase`` ("warmup" or "measure"). Called from the users'
+            threads, one call at a time.
+        optimized: an already built ``OptimizedModel`` of this recipe (any batch size), to skip the build.
         history: a ``metrics.HistoryStore`` that records the measured runs (origin "bench"), or None.
         trust_remote_code: allow hub model code (opt-in), passed to the build.
         on_build: build progress callback ``(stage, fraction)``.
         evaluate: called with the built model after the timed runs (so that memory and time figures are
             the runs' alone); what it returns is the entry's ``quality``.
+        concurrency: simulated users; each sends its next request as soon as its previous answer ends.
+        scheduler: the engine's scheduler, "static" or "continuous".
+        batch_window_s: how long the engine waits to fill a batch (default: the engine's).
+        stop: polled before every request; once it returns True the run ends with ``BenchStopped``.
 
     Returns:
-        One entry: the recipe, TTFT / TPOT / E2E / ITL summaries in ms, decode tok/s median, min and max,
-        throughput, memory, the model's stats and each measured run (and ``quality`` with ``evaluate``).
+        One entry: the recipe, TTFT / TPOT / E2E / ITL / queue summaries in ms, decode tok/s median, min and
+        max, throughput, memory, the batch sizes the engine ran, the model's stats and each measured run
+        (and ``quality`` with ``evaluate``).
     """
     from .optimize import build
 
     check_batch_size(recipe.batch_size)
     check_runs(runs, warmup)
+    check_concurrency(concurrency)
+    check_scheduler(scheduler)
     if optimized is None:
         optimized = build(recipe, trust_remote_code=trust_remote_code, on_step=on_build)
-    entry = measure(optimized, replace(settings, ignore_eos=True), runs, warmup, on_step, history)
+    if optimized.recipe.batch_size != recipe.batch_size:  # the same weights serve every batch size
+        optimized = replace(optimized, recipe=replace(optimized.recipe, batch_size=recipe.batch_size))
+    entry = measure(optimized, replace(settings, ignore_eos=True), runs, warmup, on_step, history,
+                    concurrency=concurrency, scheduler=scheduler, batch_window_s=batch_window_s, stop=stop)
     if evaluate is not None:
         entry["quality"] = evaluate(optimized)
     return entry
@@ -108,69 +143,156 @@ def sweep(
     runs: int = 5,
     warmup: int = 1,
     on_step: OnStep | None = None,
+    *,
+    concurrency: int | None = None,
+    schedulers: Iterable[str] = ("static",),
+    optimized=None,
+    on_entry: Callable[[dict], None] | None = None,
     **kwargs,
 ) -> list[dict]:
-    """Benchmark every recipe at every batch size, one after another (never concurrently).
+    """Benchmark every recipe at every scheduler and batch size, one after another (never concurrently).
+
+    Each recipe is built once; its batch sizes share the built weights.
 
     Args:
         recipes: the recipes to measure; their own ``batch_size`` is replaced by each of ``batch_sizes``.
         batch_sizes: batch sizes to measure each recipe at; all are checked before anything is built.
-        settings, runs, warmup, on_step: as in ``run_bench``.
-        **kwargs: passed to ``run_bench`` (history, trust_remote_code, on_build, evaluate).
+        settings, runs, warmup, on_step: as in ``run_bench``; ``on_step`` counts requests across the whole
+            sweep, so one progress bar covers it.
+        concurrency: simulated users, the same at every batch size so that they serve the same load
+            (default: the largest batch size, enough to fill every batch).
+        schedulers: "static" and/or "continuous".
+        optimized: an already built model of the (single) recipe, to skip the build.
+        on_entry: called with each entry as soon as it is measured.
+        **kwargs: passed to ``run_bench`` (history, trust_remote_code, on_build, evaluate, batch_window_s, stop).
 
     Returns:
-        One ``run_bench`` entry per recipe and batch size, in that order.
+        One ``run_bench`` entry per recipe, scheduler and batch size, in that order.
     """
-    batch_sizes = list(batch_sizes)
+    from .optimize import build
+
+    batch_sizes, schedulers = list(batch_sizes), list(schedulers)
     for batch_size in batch_sizes:
         check_batch_size(batch_size)
+    for scheduler in schedulers:
+        check_scheduler(scheduler)
     check_runs(runs, warmup)
-    return [
-        run_bench(replace(recipe, batch_size=b), settings, runs, warmup, on_step, **kwargs)
-        for recipe in recipes
-        for b in batch_sizes
-    ]
+    concurrency = max(batch_sizes) if concurrency is None else concurrency
+    check_concurrency(concurrency)
+    recipes = list(recipes)
+    per_bench = (warmup + runs) * concurrency
+    total = per_bench * len(recipes) * len(schedulers) * len(batch_sizes)
+    entries = []
+    for recipe in recipes:
+        built = optimized or build(recipe, trust_remote_code=kwargs.get("trust_remote_code", False),
+                                   on_step=kwargs.get("on_build"))
+        for scheduler in schedulers:
+            for b in batch_sizes:
+                offset = len(entries) * per_bench
+                step = None if on_step is None else (lambda i, _t, m, o=offset: on_step(o + i, total, m))
+                entry = run_bench(replace(recipe, batch_size=b), settings, runs, warmup, step, optimized=built,
+                                  concurrency=concurrency, scheduler=scheduler, **kwargs)
+                entries.append(entry)
+                if on_entry is not None:
+                    on_entry(entry)
+    return entries
 
 
-def measure(optimized, settings, runs: int, warmup: int, on_step: OnStep | None = None, history=None) -> dict:
-    """Measure a built model through its own engine: warm-up runs first, then the measured runs.
+def measure(optimized, settings, runs: int, warmup: int, on_step: OnStep | None = None, history=None, *,
+            concurrency: int = 1, scheduler: str = "static", batch_window_s: float | None = None,
+            stop: Callable[[], bool] | None = None) -> dict:
+    """Measure a built model through its own engine: a warm-up round first, then the measured round.
 
     Args:
-        optimized: the ``OptimizedModel`` to measure.
+        optimized: the ``OptimizedModel`` to measure; its recipe's ``batch_size`` is the engine's.
         settings: ``engine.GenerationSettings`` used for every run, as given.
-        runs, warmup, on_step, history: as in ``run_bench``.
+        runs, warmup, on_step, history, concurrency, scheduler, batch_window_s, stop: as in ``run_bench``.
     """
-    from .engine import Engine
+    from .engine import DEFAULT_BATCH_WINDOW_S, Engine
 
-    on_step = on_step or (lambda i, total, metrics: None)
-    total = warmup + runs
-    # The engine starts without a history so that warm-up runs are never recorded; it is ours alone and
-    # serves one request at a time, so attaching the history afterwards cannot race another request.
-    engine = Engine(optimized, history=None)
+    total = (warmup + runs) * concurrency
+    progress = _Progress(on_step, total)
+    window = DEFAULT_BATCH_WINDOW_S if batch_window_s is None else batch_window_s
+    engine = Engine(optimized, history=history, batch_window_s=window, scheduler=scheduler)
     try:
-        for i in range(warmup):
-            result, _ = _timed_run(engine, PROMPTS[i % len(PROMPTS)], settings)
-            on_step(i + 1, total, {"phase": "warmup", **result.metrics()})
-        engine.history = history
+        _round(engine, settings, warmup, concurrency, "warmup", progress, stop)
         _reset_peak_rss()
-        results, wall_s = [], 0.0
-        for i in range(runs):
-            result, run_wall = _timed_run(engine, PROMPTS[i % len(PROMPTS)], settings)
-            results.append(result)
-            wall_s += run_wall  # time between runs (the callback, a UI repaint) is not the model's
-            on_step(warmup + i + 1, total, {"phase": "measure", **result.metrics()})
+        results, wall_s = _round(engine, settings, runs, concurrency, "measure", progress, stop)
     finally:
         engine.close()
-    return _entry(optimized, settings, results, wall_s, warmup)
+    entry = _entry(optimized, settings, results, wall_s, warmup)
+    entry.update(concurrency=concurrency, scheduler=scheduler, batch_window_ms=window * 1000,
+                 requests=len(results), request_throughput_rps=len(results) / wall_s if wall_s > 0 else None,
+                 queue_ms=_summary_ms(r.queue_s for r in results),
+                 batches=_batches([r.batch_size for r in results]))
+    return entry
 
 
-def _timed_run(engine, prompt: str, settings):
-    start = time.perf_counter()
-    result = engine.generate(prompt, settings, origin="bench")
-    wall = time.perf_counter() - start
-    if result.error:
-        raise BenchError(f"benchmark run failed: {result.error}")
-    return result, wall
+class _Progress:
+    """A thread-safe request counter in front of ``on_step``."""
+
+    def __init__(self, on_step: OnStep | None, total: int):
+        self.on_step = on_step or (lambda i, total, metrics: None)
+        self.total = total
+        self.done = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, phase: str, result) -> None:
+        with self.lock:
+            self.done += 1
+            self.on_step(self.done, self.total, {"phase": phase, **result.metrics()})
+
+
+def _round(engine, settings, per_user: int, users: int, phase: str, progress: _Progress, stop=None):
+    """``users`` threads, each sending ``per_user`` requests one after another; (results in finishing order, wall s).
+
+    User u's k-th request uses PROMPTS[(k * users + u) % len(PROMPTS)], so one user asks them in order.
+    """
+    if per_user == 0:
+        return [], 0.0
+    results, failures = [], []
+    lock = threading.Lock()
+    start = threading.Barrier(users)
+
+    def user(u: int) -> None:
+        try:
+            start.wait()
+            for k in range(per_user):
+                if failures or (stop is not None and stop()):
+                    return
+                prompt = PROMPTS[(k * users + u) % len(PROMPTS)]
+                result = engine.submit(prompt, settings, origin="bench", record=phase == "measure").result()
+                if result.error:
+                    raise BenchError(f"benchmark run failed: {result.error}")
+                with lock:
+                    results.append(result)
+                progress(phase, result)
+        except Exception as exc:  # raised on the caller's thread below
+            failures.append(exc)
+            start.abort()
+
+    threads = [threading.Thread(target=user, args=(u,), name=f"bench-user-{u}", daemon=True) for u in range(users)]
+    begin = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - begin
+    real = [f for f in failures if not isinstance(f, threading.BrokenBarrierError)]
+    if real:
+        raise real[0]
+    if stop is not None and stop():
+        raise BenchStopped("benchmark stopped")
+    return results, wall
+
+
+def _batches(sizes: list[int]) -> dict:
+    """How many requests ran in generate calls of each size, and the mean size a request saw."""
+    counts: dict[int, int] = {}
+    for size in sizes:
+        counts[size] = counts.get(size, 0) + 1
+    return {"mean": statistics.fmean(sizes) if sizes else None, "max": max(sizes, default=None),
+            "requests_by_size": {str(k): v for k, v in sorted(counts.items())}}
 
 
 def _entry(optimized, settings, results: list, wall_s: float, warmup: int) -> dict:
@@ -216,7 +338,8 @@ def _summary_ms(seconds: Iterable[float | None]) -> dict:
 
 def _run_row(result) -> dict:
     metrics = result.metrics()
-    keys = ("prompt_tokens", "new_tokens", "ttft_ms", "tpot_ms", "e2e_ms", "decode_tok_s", "finish_reason")
+    keys = ("prompt_tokens", "new_tokens", "ttft_ms", "tpot_ms", "e2e_ms", "decode_tok_s", "finish_reason",
+            "queue_ms", "batch_size")
     return {k: metrics[k] for k in keys}
 
 
@@ -231,3 +354,81 @@ def _reset_peak_rss() -> None:
             f.write("5")
     except OSError:
         pass
+
+
+# Saved sweeps -----------------------------------------------------------------------------------------------
+
+
+def sweeps_dir():
+    """``WORKBENCH_HOME/benchmarks``: one JSON file per finished sweep (its requests are in the history too)."""
+    from . import cache
+
+    path = cache.home() / "benchmarks"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_sweep(report: dict) -> str:
+    """Write a finished sweep (``{"settings", "runs", ..., "results": [entries]}``) and return its file's name.
+
+    Written to a temp file then renamed, like the artifacts, so a reader never sees half a file.
+    """
+    import json
+    import os
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = f"sweep-{stamp}-{os.getpid()}-{threading.get_ident() % 10_000:04d}.json"
+    path = sweeps_dir() / name
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"saved_at": time.time(), **report}, indent=1))
+    os.replace(tmp, path)
+    return name
+
+
+def load_sweeps(limit: int = 20) -> list[dict]:
+    """The most recent saved sweeps, newest first, each with its ``name``; unreadable files are skipped."""
+    import json
+
+    sweeps = []
+    for path in sorted(sweeps_dir().glob("sweep-*.json"), reverse=True)[:limit]:
+        try:
+            sweeps.append({"name": path.name, **json.loads(path.read_text())})
+        except (OSError, ValueError):
+            continue
+    return sweeps
+
+
+def tradeoff(entries: list[dict]) -> list[str]:
+    """One sentence per scheduler and batch size above the smallest: throughput gained, latency paid.
+
+    E.g. "static, batch 16: 4.9× the tokens per second of batch 1; each token 2.7× slower to come (TPOT p50);
+    each request 0.27× as long from submit to last token (E2E p50, queueing included)". With more users than
+    the batch size, requests queue at small batch sizes, so E2E can fall while every token comes slower.
+    """
+    lines = []
+    for scheduler in dict.fromkeys(e.get("scheduler", "static") for e in entries):
+        rows = sorted((e for e in entries if e.get("scheduler", "static") == scheduler), key=lambda e: e["batch_size"])
+        if len(rows) < 2:
+            continue
+        base = rows[0]
+        for e in rows[1:]:
+            speed = _ratio(e["throughput_tok_s"], base["throughput_tok_s"])
+            e2e = _ratio(e["e2e_ms"]["p50"], base["e2e_ms"]["p50"])
+            if speed is None or e2e is None:
+                continue
+            parts = [f"{scheduler}, batch {e['batch_size']}: {_times(speed)} the tokens per second of batch "
+                     f"{base['batch_size']}"]
+            tpot = _ratio(e["tpot_ms"]["p50"], base["tpot_ms"]["p50"])
+            if tpot is not None:
+                parts.append(f"each token {_times(tpot)} {'slower' if tpot >= 1 else 'as slow'} to come (TPOT p50)")
+            parts.append(f"each request {_times(e2e)} as long from submit to last token (E2E p50, queueing included)")
+            lines.append("; ".join(parts) + ".")
+    return lines
+
+
+def _times(ratio: float) -> str:
+    return f"{ratio:.1f}×" if ratio >= 0.995 else f"{ratio:.2f}×"
+
+
+def _ratio(a, b) -> float | None:
+    return a / b if a is not None and b else None

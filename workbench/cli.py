@@ -64,12 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", parents=[recipe_flags, generation_flags], allow_abbrev=False,
         help="measure TTFT, TPOT, decode tok/s and throughput on fixed prompts",
     )
-    bench.add_argument("--runs", type=_int_at_least(1), default=5, help="measured runs (default 5)")
+    bench.add_argument("--runs", type=_int_at_least(1), default=5,
+                       help="measured runs per simulated user (default 5)")
     bench.add_argument("--warmup", type=_int_at_least(0), default=1,
-                       help="warm-up runs, excluded from every figure (default 1)")
+                       help="warm-up runs per user, excluded from every figure (default 1)")
     bench.add_argument("--batch-sizes", type=_int_list, default=None, metavar="N[,N...]",
-                       help="batch sizes to measure, e.g. 1,4,16 (default: --batch-size); only 1 is available "
-                            "until dynamic batching arrives")
+                       help="batch sizes to measure, e.g. 1,4,16 (default: --batch-size)")
+    bench.add_argument("--concurrency", type=_int_at_least(1), default=None, metavar="N",
+                       help="simulated users sending requests at once, each the next as soon as its answer ends "
+                            "(default: the largest batch size)")
+    bench.add_argument("--schedulers", type=_word_list, default=["static"], metavar="NAME[,NAME...]",
+                       help="static (a batch runs to its end; default) and/or continuous (requests join a running "
+                            "batch at every step, transformers' continuous batching)")
+    bench.add_argument("--batch-window-ms", type=_float_in(0, 10_000), default=None, metavar="MS",
+                       help="how long the worker waits to fill a batch (default 20)")
     bench.add_argument("--eval", action="store_true",
                        help="also measure perplexity and QA accuracy of each recipe (after the timed runs)")
     _quality_flags(bench, max_eval_tokens=None)
@@ -224,6 +232,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _word_list(text: str) -> list[str]:
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"must be comma-separated names such as static,continuous, got {text!r}")
+    return values
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
@@ -311,7 +326,7 @@ def check_buildable(recipe: Recipe) -> Recipe:
     from . import bench, loading, optimize
 
     resolved = optimize.check_supported(recipe)
-    bench.check_batch_size(resolved.batch_size)  # one worker, one request at a time
+    bench.check_batch_size(resolved.batch_size)
     try:
         loading.resolve_source(resolved.model)
     except loading.ModelSourceError as exc:
@@ -562,6 +577,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
             bench.check_batch_size(batch_size)
     except RecipeError as exc:
         raise RecipeError("batch-sizes", str(exc)) from None
+    try:
+        for scheduler in args.schedulers:
+            bench.check_scheduler(scheduler)
+    except RecipeError as exc:
+        raise RecipeError("schedulers", str(exc)) from None
+    concurrency = args.concurrency or max(batch_sizes)
+    bench.check_concurrency(concurrency)
+    window_s = None if args.batch_window_ms is None else args.batch_window_ms / 1000
     evaluate = None
     if args.eval:
         def evaluate(optimized):
@@ -571,14 +594,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
         entries = bench.sweep(
             [recipe], batch_sizes, settings, args.runs, args.warmup, _print_run,
             history=_history(), trust_remote_code=args.trust_remote_code, on_build=_print_build_step,
-            evaluate=evaluate,
+            evaluate=evaluate, concurrency=concurrency, schedulers=args.schedulers, batch_window_s=window_s,
         )
     except bench.BenchError as exc:
         return _fail(str(exc), status=1)
     report = {"settings": asdict(settings), "runs": args.runs, "warmup": args.warmup,
-              "batch_sizes": batch_sizes, "results": entries}
+              "batch_sizes": batch_sizes, "concurrency": concurrency, "schedulers": args.schedulers,
+              "results": entries}
     if args.eval:
         report["quality_settings"] = _quality_settings(args)
+    if len(entries) > 1 or concurrency > 1:
+        try:
+            bench.save_sweep(report)  # the Benchmark page lists it among the earlier sweeps
+        except OSError:
+            pass
     print(json.dumps(report, indent=2) if args.json else bench_table(entries))
     return 0
 
@@ -586,7 +615,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _print_run(i: int, total: int, metrics: dict) -> None:
     print(
         f"{PROG}: run {i}/{total} ({metrics['phase']}): {metrics['new_tokens']} tokens, "
-        f"TTFT {_fmt(metrics['ttft_ms'], 'ms')}, decode {_fmt(metrics['decode_tok_s'], 'tok/s')}",
+        f"TTFT {_fmt(metrics['ttft_ms'], 'ms')}, decode {_fmt(metrics['decode_tok_s'], 'tok/s')}"
+        + (f", ran in a batch of {metrics['batch_size']}" if metrics.get("batch_size", 1) > 1 else ""),
         file=sys.stderr,
         flush=True,
     )
@@ -596,11 +626,31 @@ def bench_table(entries: list[dict]) -> str:
     """A plain-text table of bench entries: one row per recipe and batch size."""
     header = ("recipe", "batch", "TTFT p50 ms", "TTFT p90 ms", "TPOT p50 ms", "decode tok/s med [min-max]",
               "throughput tok/s", "peak RSS MB", "weight MB", "backend")
+    if any(e.get("concurrency", 1) > 1 or e.get("scheduler", "static") != "static" for e in entries):
+        return _columns([_LOAD_HEADER, *[_load_row(e) for e in entries]])
     rows = [_table_row(e) for e in entries]
     if any("quality" in e for e in entries):
         header += ("perplexity", "QA accuracy")
         rows = [row + _quality_cells(e.get("quality")) for row, e in zip(rows, entries)]
     return _columns([header, *rows])
+
+
+_LOAD_HEADER = ("recipe", "scheduler", "batch", "users", "ran in batches of (mean)", "TTFT p50 ms", "TTFT p99 ms",
+                "E2E p50 ms", "E2E p99 ms", "TPOT p50 ms", "throughput tok/s", "peak RSS MB")
+
+
+def _load_row(entry: dict) -> tuple[str, ...]:
+    """A row of a sweep under load: per-request latency next to aggregate throughput."""
+    def num(value, digits=1):
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    return (
+        entry["label"], entry.get("scheduler", "static"), str(entry["batch_size"]), str(entry.get("concurrency", 1)),
+        num((entry.get("batches") or {}).get("mean"), 1),
+        num(entry["ttft_ms"]["p50"]), num(entry["ttft_ms"]["p99"]),
+        num(entry["e2e_ms"]["p50"]), num(entry["e2e_ms"]["p99"]),
+        num(entry["tpot_ms"]["p50"], 2), num(entry["throughput_tok_s"]), num(entry["peak_rss_mb"], 0),
+    )
 
 
 def _columns(rows: list[tuple[str, ...]]) -> str:

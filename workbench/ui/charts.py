@@ -237,6 +237,55 @@ def loss_figure(steps: list[int], losses: list[float], title: str = "Distillatio
     return fig
 
 
+BATCH_METRICS = (("ttft_ms", "p50", "TTFT p50", "#e8590c"), ("e2e_ms", "p50", "E2E p50", "#3b5bdb"),
+                 ("e2e_ms", "p99", "E2E p99", "#ae3ec9"))
+SCHEDULER_DASH = {"static": "solid", "continuous": "dash"}
+SCHEDULER_SYMBOL = {"static": "circle", "continuous": "diamond"}
+
+
+def batching_figure(entries: list[dict], title: str = "Latency per request against aggregate throughput") -> go.Figure:
+    """The batching trade-off: one line per latency measure and scheduler, one point per batch size.
+
+    Moving right is more tokens per second for everyone together; moving up is a longer wait for each person.
+
+    Args:
+        entries: ``bench.sweep`` entries (``throughput_tok_s``, ``ttft_ms``, ``e2e_ms``, ``batch_size``,
+            ``scheduler``).
+        title: the chart title.
+    """
+    fig = go.Figure()
+    schedulers = list(dict.fromkeys(e.get("scheduler", "static") for e in entries))
+    for scheduler in schedulers:
+        rows = sorted((e for e in entries if e.get("scheduler", "static") == scheduler and e.get("throughput_tok_s")),
+                      key=lambda e: e["batch_size"])
+        for key, stat, name, colour in BATCH_METRICS:
+            points = [(e["throughput_tok_s"], e[key][stat], e["batch_size"]) for e in rows if e[key][stat] is not None]
+            if not points:
+                continue
+            label = name if len(schedulers) == 1 else f"{name} · {scheduler}"
+            labelled = (key, stat) == ("e2e_ms", "p99")  # the top line carries the batch sizes; the rest hover
+            fig.add_trace(go.Scatter(
+                x=[p[0] for p in points], y=[p[1] for p in points], name=label,
+                mode="lines+markers+text" if labelled else "lines+markers",
+                text=[f"batch {p[2]}" for p in points], textposition="top center", textfont=dict(size=10),
+                line=dict(color=colour, width=2, dash=SCHEDULER_DASH.get(scheduler, "dot")),
+                marker=dict(size=9, color=colour, symbol=SCHEDULER_SYMBOL.get(scheduler, "square")),
+                hovertemplate=f"{label}<br>%{{text}}<br>%{{x:.1f}} tok/s in all<br>%{{y:.0f}} ms<extra></extra>",
+            ))
+    if not fig.data:
+        _empty_note(fig, "Run a sweep to see the trade-off")
+    fig.update_layout(
+        title=dict(text=title, font=dict(size=14)),
+        xaxis=dict(title="aggregate throughput (new tokens / s, all users together)", rangemode="tozero"),
+        yaxis=dict(title="latency of one request (ms)", rangemode="tozero"),
+        height=440,
+        margin=dict(l=10, r=10, t=50, b=10),
+        legend=dict(orientation="h", yanchor="top", y=-0.18, x=0),
+        font=_FONT,
+    )
+    return fig
+
+
 def _series(rows: list[dict]) -> dict[tuple[str, str], list[tuple[int, dict]]]:
     """Rows numbered 1.. in time order, grouped by (recipe label, cache outcome)."""
     out: dict[tuple[str, str], list[tuple[int, dict]]] = {}

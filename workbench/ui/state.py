@@ -19,6 +19,7 @@ PRUNE_RATIO = "recipe.prune_ratio"
 PRUNE_CRITERION = "recipe.prune_criterion"  # only for magnitude and 2:4
 VARIANT = "recipe.variant"  # "none", a public student's catalog name or a student built here
 TRUST_REMOTE_CODE = "recipe.trust_remote_code"
+BATCH_SIZE = "recipe.batch_size"  # requests the model's worker runs together
 
 # What the sidebar resolved, read by pages: a Recipe (device resolved) or None when the input is invalid.
 RECIPE = "recipe.current"
@@ -73,6 +74,14 @@ COMPARE_STOP = "compare.stop"
 COMPARE_SET_SIZE = "compare.set_size"  # how many prompts of the prompt set
 COMPARE_SET_TOKENS = "compare.set_tokens"  # max new tokens per prompt-set answer
 COMPARE_SET_RESULTS = "compare.set_results"  # job key -> the result of compare.run_prompt_set
+
+# Benchmark page.
+BENCH_BATCH_SIZES = "bench.batch_sizes"
+BENCH_CONCURRENCY = "bench.concurrency"
+BENCH_TOKENS = "bench.max_new_tokens"
+BENCH_RUNS = "bench.runs_per_user"
+BENCH_SCHEDULERS = "bench.schedulers"
+BENCH_SHOWN = "bench.shown"  # name of the saved sweep on display
 
 OTHER_MODEL = "__other__"  # the "Other…" entry of the model selectbox (a value, not a key)
 

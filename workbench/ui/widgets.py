@@ -93,13 +93,14 @@ def recipe_controls(prefix: str = state.RECIPE_PREFIX) -> tuple[Recipe | None, s
     backend = _backend_input(dtype, _concrete_device(device), prefix)
     prune = _prune_input(prefix)
     variant = _variant_input(model, prefix)
+    batch_size = batch_size_input(prefix)
     trust = False
     if model and _is_hub_id(model):
         trust = st.checkbox("Allow remote code (trust_remote_code)", key=key(state.TRUST_REMOTE_CODE),
                             help="Some hub models ship their own Python code. Allow it only if you trust "
                                  "the model's authors.")
     recipe, problem = (None, None) if model is None else resolve_choice(model, device, dtype, backend, prune,
-                                                                         variant)
+                                                                         variant, batch_size)
     if problem:
         st.error(problem, icon=":material/block:")
     return recipe, problem, trust
@@ -123,6 +124,7 @@ def seed_controls(recipe: Recipe, prefix: str, trust: bool = False, overwrite: b
         key(state.PRUNE_METHOD): recipe.prune.method,
         key(state.PRUNE_CRITERION): recipe.prune.criterion,
         key(state.VARIANT): recipe.variant,
+        key(state.BATCH_SIZE): recipe.batch_size,
         key(state.TRUST_REMOTE_CODE): trust,
     }
     if not known:
@@ -137,17 +139,29 @@ def seed_controls(recipe: Recipe, prefix: str, trust: bool = False, overwrite: b
 
 
 def resolve_choice(model: str, device: str, dtype: str, backend: str = "auto", prune: PruneSpec = PruneSpec(),
-                   variant: str = "none") -> tuple[Recipe | None, str | None]:
+                   variant: str = "none", batch_size: int = 1) -> tuple[Recipe | None, str | None]:
     """The recipe the sidebar's choices describe, checked against this machine: (recipe, None) or (None, why).
 
     "auto" device and backend are made concrete, so that the cache key names what really runs; a backend
     that does not run on the device, or a variant that does not exist, is a message, never an exception.
     """
     try:
-        recipe = Recipe(model=model, device=device, dtype=dtype, backend=backend, prune=prune, variant=variant)
+        recipe = Recipe(model=model, device=device, dtype=dtype, backend=backend, prune=prune, variant=variant,
+                        batch_size=batch_size)
         return optimize.check_supported(recipe), None
     except RecipeError as exc:
         return None, str(exc)
+
+
+BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+
+
+def batch_size_input(prefix: str = state.RECIPE_PREFIX) -> int:
+    """The recipe's batch size: how many waiting requests the model's worker runs as one batch."""
+    return st.select_slider("Batch size", BATCH_SIZES, key=state.widget_key(state.BATCH_SIZE, prefix),
+                            help="Requests arriving together (other tabs, other users) run as one left-padded "
+                                 "batch of up to this many: more tokens per second in all, each answer a little "
+                                 "slower. A single chat gains nothing. Measure it on the Benchmark page.")
 
 
 def _concrete_device(device: str) -> str:

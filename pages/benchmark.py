@@ -1,0 +1,28 @@
+"""Batching under load: simulated users against the sidebar's recipe at several batch sizes, measured here."""
+
+import streamlit as st
+
+from workbench.ui import benchmark, widgets
+
+widgets.require_app()
+st.title("Benchmark")
+recipe = widgets.require_recipe()
+(slot,) = widgets.require_slots(recipe)
+widgets.model_card(slot)
+st.markdown(
+    "Several people use one model at once. Running their requests together in a **batch** reads the weights "
+    "once per step for all of them, so the machine produces more tokens per second in all, but each step does "
+    "more work, so each person waits longer. This page measures both sides of that trade-off on this machine."
+)
+
+spec = benchmark.sweep_settings(slot.optimized.model)
+job = benchmark.sweep_controls(slot.optimized, spec, benchmark.sweep_job(recipe))
+if job is not None and job.running:
+    benchmark.sweep_progress(job)
+report = benchmark.sweep_outcome(job)
+if report is not None:
+    st.subheader("This sweep")
+    benchmark.sweep_result(report)
+
+with st.expander("Earlier sweeps on this machine", expanded=report is None):
+    benchmark.earlier_sweeps(exclude=report["name"] if report else None)
