@@ -13,7 +13,7 @@ perplexity on the evaluation text and accuracy on the QA questions, after the ti
 Prints a markdown table, and beside it the targets some recipes are expected to reach on a CPU; it asserts
 nothing: the figures are whatever this machine measured.
 
-Run: ``python benchmarks/recipes.py [--runs 3] [--max-new-tokens 64] [--student NAME | --distill-steps N]
+Run: ``python benchmarks/recipes.py [--rounds 1] [--runs 3] [--max-new-tokens 64] [--student NAME | --distill-steps N]
 [--only LABEL,...] [--no-eval] [--json]``.
 """
 
@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -67,12 +68,12 @@ def student_layers_ratio(name: str, model: str = "embedded") -> float | None:
     return None
 
 
-def run_recipe(label: str, flags: list[str], args: argparse.Namespace) -> dict:
+def run_recipe(label: str, flags: list[str], args: argparse.Namespace, evaluate: bool = True) -> dict:
     """One recipe in its own process; returns its bench entry, or {"error": ...} if the process failed."""
     command = [sys.executable, "-m", "workbench", "bench", "--json", "--model", args.model,
                "--device", args.device, "--runs", str(args.runs), "--warmup", str(args.warmup),
                "--max-new-tokens", str(args.max_new_tokens), *flags]
-    if not args.no_eval:
+    if evaluate:
         command.append("--eval")
     if args.max_eval_tokens:
         command += ["--max-eval-tokens", str(args.max_eval_tokens)]
@@ -85,6 +86,27 @@ def run_recipe(label: str, flags: list[str], args: argparse.Namespace) -> dict:
         return {"label": label, "error": tail[0]}
     (entry,) = json.loads(proc.stdout)["results"]
     return {**entry, "label": label}
+
+
+def combine(entries: list[dict]) -> dict:
+    """One recipe's entries from several interleaved rounds as one entry: the median of the rounds' figures.
+
+    Rounds interleave the recipes (round 1: every recipe, then round 2: every recipe, ...), so a machine whose
+    speed drifts over minutes (other tenants, thermal limits) slows every recipe alike instead of a few.
+    """
+    ok = [e for e in entries if "error" not in e]
+    if not ok:
+        return entries[0]
+    decode = [e["decode_tok_s"]["median"] for e in ok]
+    first = ok[0]
+    return {
+        **first,
+        "decode_tok_s": {"median": statistics.median(decode), "min": min(e["decode_tok_s"]["min"] for e in ok),
+                         "max": max(e["decode_tok_s"]["max"] for e in ok), "rounds": decode},
+        "ttft_ms": {**first["ttft_ms"], "p50": statistics.median(e["ttft_ms"]["p50"] for e in ok)},
+        "peak_rss_mb": max(e["peak_rss_mb"] for e in ok),
+        "quality": next((e["quality"] for e in ok if e.get("quality")), None),
+    }
 
 
 def build_student(args: argparse.Namespace) -> str:
@@ -188,6 +210,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--runs", type=int, default=3, help="measured runs per recipe (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="warm-up runs per recipe (default 1)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="interleaved rounds over all recipes; figures are the median of the rounds (default 1)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens per run (default 64)")
     parser.add_argument("--max-eval-tokens", type=int, default=None, help="perplexity text cap (default: all)")
     parser.add_argument("--qa-limit", type=int, default=None, help="first N QA questions (default: all)")
@@ -206,21 +230,24 @@ def main() -> None:
     if args.only:
         wanted = {label.strip() for label in args.only.split(",")} | {"fp32"}
         chosen = [(label, flags) for label, flags in chosen if label in wanted or label.split(" (")[0] in wanted]
-    entries = []
-    for i, (label, flags) in enumerate(chosen, start=1):
-        start = time.perf_counter()
-        entry = run_recipe(label, flags, args)
-        entries.append(entry)
-        summary = entry.get("error") or f"{entry['decode_tok_s']['median']:.1f} tok/s"
-        if "quality" in entry:
-            summary += f", ppl {entry['quality']['perplexity']:.2f}, QA {entry['quality']['qa_accuracy']:.0%}"
-        print(f"[{i}/{len(chosen)}] {label}: {summary} ({time.perf_counter() - start:.0f} s)", file=sys.stderr,
-              flush=True)
+    by_label: dict[str, list[dict]] = {label: [] for label, _ in chosen}
+    for r in range(1, args.rounds + 1):
+        for i, (label, flags) in enumerate(chosen, start=1):
+            start = time.perf_counter()
+            evaluate = not args.no_eval and r == 1  # quality does not vary between rounds: measured once
+            entry = run_recipe(label, flags, args, evaluate)
+            by_label[label].append(entry)
+            summary = entry.get("error") or f"{entry['decode_tok_s']['median']:.1f} tok/s"
+            if entry.get("quality"):
+                summary += f", ppl {entry['quality']['perplexity']:.2f}, QA {entry['quality']['qa_accuracy']:.0%}"
+            print(f"[round {r}/{args.rounds}, {i}/{len(chosen)}] {label}: {summary} "
+                  f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+    entries = [combine(by_label[label]) for label, _ in chosen]
     reference = entries[0]
     rows = [row(e, reference) for e in entries]
-    print(f"{args.model} on {args.device} ({machine()}); {args.runs} runs of {args.max_new_tokens} tokens after "
-          f"{args.warmup} warm-up; decode tok/s = median over runs; ratios are recipe / fp32 (higher is better for "
-          f"decode and QA, lower for TTFT, bytes, RSS and perplexity)\n")
+    print(f"{args.model} on {args.device} ({machine()}); {args.rounds} interleaved round(s) of {args.runs} runs of "
+          f"{args.max_new_tokens} tokens after {args.warmup} warm-up; decode tok/s = median over runs (and rounds); "
+          "ratios are recipe / fp32 (higher is better for decode and QA, lower for TTFT, bytes, RSS and perplexity)\n")
     print(table(rows))
     recovery = student_recovery(rows, student_layers_ratio(name, args.model) if name else None)
     if recovery:
