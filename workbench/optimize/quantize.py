@@ -121,11 +121,12 @@ def _filter(model: nn.Module):
 
 
 def _torch_dynamic(model: nn.Module, device: str) -> None:
-    from torch.ao.quantization import quantize_dynamic
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     for parent, name, lin in target_linears(model):
-        # Weights int8 per channel, activations quantized per batch on the fly (fbgemm / oneDNN kernels).
-        setattr(parent, name, quantize_dynamic(nn.Sequential(lin), {nn.Linear}, dtype=torch.qint8)[0])
+        # Weights int8 per output channel, activations quantized per batch on the fly (fbgemm / oneDNN kernels).
+        # Per-tensor weight scales (quantize_dynamic's default) cost SmolLM2-135M far more: QA 0.34 vs 0.58.
+        setattr(parent, name, quantize_dynamic(nn.Sequential(lin), {nn.Linear: per_channel_dynamic_qconfig})[0])
 
 
 register(QuantBackend(
