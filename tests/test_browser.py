@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -46,18 +47,14 @@ def wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout_s: float
     pytest.fail(f"streamlit did not become healthy in {timeout_s} s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture
-def app_url(tmp_path):
-    """`streamlit run app.py` on a free localhost port, sharing this test session's WORKBENCH_HOME."""
-    from workbench.cache import ResponseCache
-
-    ResponseCache().clear()  # every reply here comes from the model unless the test repeats a question itself
+@contextlib.contextmanager
+def streamlit_server(log: Path, env: dict[str, str]):
+    """`streamlit run app.py` on a free localhost port with ``env``; yields its url once it is healthy."""
     port = free_port()
-    log = tmp_path / "streamlit.log"
     command = [*streamlit_command(), "run", "app.py", "--server.headless", "true", "--server.port", str(port),
                "--server.address", "127.0.0.1"]
     with open(log, "w") as out:
-        server = subprocess.Popen(command, cwd=ROOT, env=dict(os.environ), stdout=out, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, server, log)
@@ -69,6 +66,16 @@ def app_url(tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+@pytest.fixture
+def app_url(tmp_path):
+    """`streamlit run app.py` on a free localhost port, sharing this test session's WORKBENCH_HOME."""
+    from workbench.cache import ResponseCache
+
+    ResponseCache().clear()  # every reply here comes from the model unless the test repeats a question itself
+    with streamlit_server(tmp_path / "streamlit.log", dict(os.environ)) as url:
+        yield url
 
 
 @pytest.fixture

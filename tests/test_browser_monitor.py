@@ -4,13 +4,12 @@ it refreshes itself, and the app serves Prometheus metrics."""
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from test_browser import CHROMIUM, CHROMIUM_ARGS, free_port, streamlit_command, wait_healthy
+from test_browser import CHROMIUM, CHROMIUM_ARGS, free_port, streamlit_server
 from test_monitor import record, seeded_records
 
 from workbench.metrics import HistoryStore
@@ -28,24 +27,10 @@ def monitor_server(tmp_path):
     store = HistoryStore(home / "metrics.sqlite")
     for r in seeded_records(start=time.time() - 120):
         store.add(r)
-    port, metrics_port = free_port(), free_port()
-    log = tmp_path / "streamlit.log"
+    metrics_port = free_port()
     env = {**os.environ, "WORKBENCH_HOME": str(home), "WORKBENCH_METRICS_PORT": str(metrics_port)}
-    command = [*streamlit_command(), "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-               "--server.address", "127.0.0.1"]
-    with open(log, "w") as out:
-        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, server, log)
+    with streamlit_server(tmp_path / "streamlit.log", env) as url:
         yield url, f"http://127.0.0.1:{metrics_port}/metrics", store
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def test_monitor_page_draws_its_charts_and_refreshes(monitor_server, artifacts_dir):

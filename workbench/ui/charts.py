@@ -71,17 +71,7 @@ def token_latency_figure(token_times: list[float], title: str = "Per-token laten
         )
     else:
         _empty_note(fig, "Send a message to see each token's latency")
-    fig.update_layout(
-        title=dict(text=title, font=dict(size=14)),
-        xaxis_title="token index",
-        yaxis_title="latency (ms)",
-        yaxis=dict(rangemode="tozero"),
-        showlegend=False,
-        height=300,
-        margin=dict(l=10, r=10, t=40, b=10),
-        font=_FONT,
-    )
-    return fig
+    return _small_line_layout(fig, title, "token index", "latency (ms)")
 
 
 def history_figure(rows: list[dict], title: str = "Request history") -> go.Figure:
@@ -224,17 +214,7 @@ def loss_figure(steps: list[int], losses: list[float], title: str = "Distillatio
                                  name="loss", hovertemplate="step %{x}<br>loss %{y:.4f}<extra></extra>"))
     else:
         _empty_note(fig, "The loss appears once training starts")
-    fig.update_layout(
-        title=dict(text=title, font=dict(size=14)),
-        xaxis_title="step",
-        yaxis_title="KL divergence to the teacher",
-        yaxis=dict(rangemode="tozero"),
-        showlegend=False,
-        height=300,
-        margin=dict(l=10, r=10, t=40, b=10),
-        font=_FONT,
-    )
-    return fig
+    return _small_line_layout(fig, title, "step", "KL divergence to the teacher")
 
 
 BATCH_METRICS = (("ttft_ms", "p50", "TTFT p50", "#e8590c"), ("e2e_ms", "p50", "E2E p50", "#3b5bdb"),
@@ -297,6 +277,21 @@ def _series(rows: list[dict]) -> dict[tuple[str, str], list[tuple[int, dict]]]:
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1000
+
+
+def _small_line_layout(fig: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure:
+    """The layout of a small one-series chart (no legend, y from zero)."""
+    fig.update_layout(
+        title=dict(text=title, font=dict(size=14)),
+        xaxis_title=x_title,
+        yaxis_title=y_title,
+        yaxis=dict(rangemode="tozero"),
+        showlegend=False,
+        height=300,
+        margin=dict(l=10, r=10, t=40, b=10),
+        font=_FONT,
+    )
+    return fig
 
 
 def _empty_note(fig: go.Figure, text: str) -> None:
