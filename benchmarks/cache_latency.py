@@ -37,36 +37,40 @@ def main() -> int:
     os.environ["WORKBENCH_HOME"] = args.home or tempfile.mkdtemp(prefix="cache-latency-")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from workbench import cache
-    from workbench.engine import Engine, GenerationSettings
-    from workbench.metrics import HistoryStore, summarize
-    from workbench.optimize import build
-    from workbench.recipe import Recipe
+    from workbench import runtimes
+    from workbench.latency import summarize
+    from workbench.observe.history import HistoryStore
+    from workbench.recipe import GenerationSettings, Recipe
+    from workbench.response_cache.answers import CachedAnswers
+    from workbench.response_cache.disk import ResponseCache
+    from workbench.response_cache.embedder import embedder
+    from workbench.response_cache.keys import CachePolicy
+    from workbench.serving.engine import Engine
 
-    optimized = build(Recipe(model=args.model, device="cpu"))
-    engine = Engine(optimized, HistoryStore())
-    responses = cache.ResponseCache()
+    model = runtimes.build(Recipe(model=args.model, device="cpu"))
+    engine = Engine(model, HistoryStore())
+    responses = ResponseCache()
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
-    exact, semantic = cache.CachePolicy(), cache.CachePolicy(semantic=True)
+    exact, semantic = CachedAnswers(responses, CachePolicy()), CachedAnswers(responses, CachePolicy(semantic=True))
     start = time.perf_counter()
-    cache.embedder()
+    embedder()
     load_s = time.perf_counter() - start
-    print(f"{optimized.recipe.label()} · {optimized.stats.backend} · embedding model loaded in {load_s:.2f} s",
+    print(f"{model.recipe.label()} · {model.stats.backend} · embedding model loaded in {load_s:.2f} s",
           file=sys.stderr)
 
     model_e2e, tokens, figures = [], [], {"exact": [], "semantic": []}
     lookups = {"exact": [], "semantic": []}
     try:
         for question, reworded in QUESTIONS:
-            miss = cache.submit(engine, responses, question, settings, semantic)
+            miss = semantic.ask(engine, question, settings)
             result = miss.result()
             assert result.cache == "miss", f"{question!r} was already cached"
             model_e2e.append(result.e2e_s)
             tokens.append(result.new_tokens)
-            for kind, text, policy in (("exact", question, exact), ("semantic", reworded, semantic)):
+            for kind, text, answers in (("exact", question, exact), ("semantic", reworded, semantic)):
                 for _ in range(args.runs):
                     t0 = time.perf_counter()
-                    handle = cache.submit(engine, responses, text, settings, policy)
+                    handle = answers.ask(engine, text, settings)
                     replayed = "".join(event.text for event in handle)
                     hit = handle.result()
                     elapsed = time.perf_counter() - t0
@@ -77,6 +81,7 @@ def main() -> int:
                     lookups[kind].append(handle.hit.lookup_s * 1000)
     finally:
         engine.close()
+        model.close()
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     if load is not None:

@@ -29,10 +29,10 @@ import time
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from workbench.engine import Engine, GenerationSettings
-from workbench.metrics import decode_tok_s
-from workbench.optimize import build
-from workbench.recipe import Recipe
+from workbench import runtimes
+from workbench.latency import decode_tok_s
+from workbench.recipe import GenerationSettings, Recipe
+from workbench.serving.engine import Engine
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
@@ -87,15 +87,15 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens decoded per run (default 128)")
     args = parser.parse_args()
 
-    optimized = build(Recipe(device="cpu", dtype="fp32"))
-    engine = Engine(optimized)  # no history: these runs are not user requests
-    input_ids = engine.encode_chat([{"role": "user", "content": PROMPT}])
-    pad = optimized.tokenizer.pad_token_id
+    model = runtimes.build(Recipe(device="cpu", dtype="fp32"))  # the transformers runtime: a PyTorch module inside
+    engine = Engine(model)  # no history: these runs are not user requests
+    input_ids = torch.tensor([engine.encode_chat([{"role": "user", "content": PROMPT}])])
+    pad = model.tokenizer.pad_token_id
     sides = {
-        "bare": lambda: bare_run(optimized.model, input_ids, pad, args.max_new_tokens),
+        "bare": lambda: bare_run(model.module, input_ids, pad, args.max_new_tokens),
         "engine": lambda: engine_run(engine, args.max_new_tokens),
     }
-    print(f"{optimized.recipe.label()} · {optimized.stats.backend} · torch threads {torch.get_num_threads()}")
+    print(f"{model.recipe.label()} · {model.stats.backend} · torch threads {torch.get_num_threads()}")
     print(f"prompt {input_ids.shape[1]} tokens, {args.max_new_tokens} new tokens per run, greedy")
     for run in sides.values():
         run()  # warm-up, not counted

@@ -60,7 +60,7 @@ def recipes(device: str, student: str | None, model: str = "embedded") -> list[t
 
 def student_layers_ratio(name: str, model: str = "embedded") -> float | None:
     """The share of layers the student was cut by before healing: its starting point, to compare it with."""
-    from workbench.optimize.distill import list_students
+    from workbench.optimize.variants import list_students
 
     for student in list_students(model):
         if student["name"] == name:

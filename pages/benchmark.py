@@ -2,21 +2,21 @@
 
 import streamlit as st
 
-from workbench.ui import benchmark, widgets
+from workbench.ui import benchmark, model_loading, navigation
 
-widgets.require_app()
+navigation.require_app()
 st.title("Benchmark")
-recipe = widgets.require_recipe()
-(slot,) = widgets.require_slots(recipe)
-widgets.model_card(slot)
+recipe = model_loading.require_recipe()
+(slot,) = model_loading.require_slots(recipe)
+model_loading.model_card(slot)
 st.markdown(
     "Several people use one model at once. Running their requests together in a **batch** reads the weights "
     "once per step for all of them, so the machine produces more tokens per second in all, but each step does "
     "more work, so each person waits longer. This page measures both sides of that trade-off on this machine."
 )
 
-spec = benchmark.sweep_settings(slot.optimized.model)
-job = benchmark.sweep_controls(slot.optimized, spec, benchmark.sweep_job(recipe))
+spec = benchmark.sweep_settings(slot.model)
+job = benchmark.sweep_controls(slot.model, spec, benchmark.sweep_job(recipe))
 if job is not None and job.running:
     benchmark.sweep_progress(job)
 report = benchmark.sweep_outcome(job)

@@ -2,15 +2,15 @@
 
 import streamlit as st
 
-from workbench.ui import charts, state, widgets
+from workbench.ui import charts, chat, draw, model_loading, navigation, state
 
-widgets.require_app()
+navigation.require_app()
 st.title("Chat")
-engine = widgets.require_engine()
+engine = model_loading.require_engine()
 
 settings_col, clear_col = st.columns([6, 1], vertical_alignment="center")
 with settings_col:
-    settings = widgets.generation_settings()
+    settings = chat.generation_settings()
 clear_col.button("Clear chat", icon=":material/delete:", on_click=state.clear_messages, width="stretch")
 
 chat_col, chart_col = st.columns([3, 2], gap="large")
@@ -18,18 +18,18 @@ with chart_col:
     live_chart = st.empty()
     history_chart = st.empty()
 
-transcript = widgets.chat_transcript_settled()
-widgets.draw_chart(live_chart, charts.token_latency_figure(widgets.last_token_times(transcript),
-                                                           "Per-token latency (last reply)"), "live-latency")
-widgets.draw_history(history_chart, "history")
+transcript = chat.chat_transcript_settled()
+draw.chart(live_chart, charts.token_latency_figure(chat.last_token_times(transcript), "Per-token latency (last reply)"),
+           "live-latency")
+chat.draw_history(history_chart, "history")
 with chat_col:
     if not transcript:
         st.caption("Ask anything below. Each reply shows its time to first token (TTFT), time per output token "
                    "(TPOT) and decode speed, measured where the model emits each token.")
-    widgets.chat_transcript(transcript)
+    chat.chat_transcript(transcript)
 
 prompt = st.chat_input("Message the model", disabled=settings is None)
 if prompt and settings is not None:
     with chat_col:
-        widgets.chat_turn(engine, prompt, settings, live_chart)
-    widgets.draw_history(history_chart, "history-updated")
+        chat.chat_turn(engine, prompt, settings, live_chart)
+    chat.draw_history(history_chart, "history-updated")

@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from workbench.ui import compare_view, widgets
+from workbench.ui import compare_view, navigation
 
-widgets.require_app()
+navigation.require_app()
 st.title("Compare")
 st.caption("Set two recipes, A and B, and send both the same prompt. Each answer streams with its own time to "
            "first token (TTFT), time per output token (TPOT) and decode speed, measured where the model emits each "

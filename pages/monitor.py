@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from workbench.ui import monitor, widgets
+from workbench.ui import monitor, navigation
 
-widgets.require_app()
+navigation.require_app()
 st.title("Monitor")
 monitor.exporter_status()
 

@@ -1,12 +1,10 @@
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
 # Every test run writes artifacts, caches and history under its own WORKBENCH_HOME, shared by the whole
 # session so that the embedded model is converted once. Set before any workbench import reads it.
@@ -32,20 +30,29 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_optimized(tiny_model_dir):
-    from workbench.optimize import build
+def tiny_model(tiny_model_dir):
+    """The tiny model, fp32 on CPU, loaded by the transformers runtime."""
+    from workbench import runtimes
     from workbench.recipe import Recipe
 
-    return build(Recipe(model=str(tiny_model_dir), device="cpu"))
+    return runtimes.build(Recipe(model=str(tiny_model_dir), device="cpu"))
 
 
 @pytest.fixture(scope="session")
-def embedded_optimized():
+def embedded_model():
     """The real embedded model, fp32 on CPU (converted once per session)."""
-    from workbench.optimize import build
+    from workbench import runtimes
     from workbench.recipe import Recipe
 
-    return build(Recipe(device="cpu"))
+    return runtimes.build(Recipe(device="cpu"))
+
+
+@pytest.fixture
+def history(tmp_path):
+    """A request history of this test's own."""
+    from workbench.observe.history import HistoryStore
+
+    return HistoryStore(tmp_path / "metrics.sqlite")
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,9 @@ import statistics
 import pytest
 
 from workbench import bench
-from workbench.engine import GenerationSettings
-from workbench.metrics import HistoryStore, summarize
-from workbench.recipe import Recipe, RecipeError
+from workbench.latency import summarize
+from workbench.observe.history import HistoryStore
+from workbench.recipe import GenerationSettings, Recipe, RecipeError
 
 RUNS, WARMUP, TOKENS = 4, 2, 10
 SUMMARY_KEYS = {"n", "mean", "p50", "p90", "p99"}
@@ -103,27 +103,26 @@ def test_run_counts_are_checked(recipe, runs, warmup, field):
     assert info.value.field == field
 
 
-def test_sweep_reuses_a_built_model_and_returns_one_entry_per_recipe_and_batch_size(recipe, tiny_optimized):
+def test_sweep_reuses_a_built_model_and_returns_one_entry_per_recipe_and_batch_size(recipe, tiny_model):
     entries = bench.sweep([recipe], [1], GenerationSettings(max_new_tokens=3), runs=1, warmup=0,
-                          optimized=tiny_optimized)
+                          model=tiny_model)
     assert len(entries) == 1
-    assert entries[0]["model"]["build_s"] == tiny_optimized.stats.to_dict()["build_s"]
+    assert entries[0]["model"]["build_s"] == tiny_model.stats.to_dict()["build_s"]
     assert entries[0]["per_run"][0]["new_tokens"] == 3
 
 
-
-def test_evaluate_gets_the_built_model_after_the_timed_runs(recipe, tiny_optimized):
+def test_evaluate_gets_the_built_model_after_the_timed_runs(recipe, tiny_model):
     seen = []
 
-    def evaluate(optimized):
-        seen.append((optimized, len(steps)))
+    def evaluate(model):
+        seen.append((model, len(steps)))
         return {"perplexity": 12.5, "qa_accuracy": 0.25}
 
     steps = []
     entry = bench.run_bench(recipe, GenerationSettings(max_new_tokens=3), runs=2, warmup=1,
-                            on_step=lambda i, total, m: steps.append(i), optimized=tiny_optimized, evaluate=evaluate)
+                            on_step=lambda i, total, m: steps.append(i), model=tiny_model, evaluate=evaluate)
     assert entry["quality"] == {"perplexity": 12.5, "qa_accuracy": 0.25}
-    assert seen == [(tiny_optimized, 3)]  # after the warm-up and both measured runs
+    assert seen == [(tiny_model, 3)]  # after the warm-up and both measured runs
     (no_eval,) = bench.sweep([recipe], [1], GenerationSettings(max_new_tokens=2), runs=1, warmup=0,
-                             optimized=tiny_optimized)
+                             model=tiny_model)
     assert "quality" not in no_eval

@@ -4,7 +4,7 @@ import pytest
 
 from workbench import catalog, loading
 from workbench.loading import ModelSourceError, resolve_source
-from workbench.optimize import build
+from workbench.optimize.pipeline import build
 from workbench.recipe import Recipe, RecipeError
 
 
@@ -27,7 +27,7 @@ def test_source_kinds(tiny_model_dir, tmp_path):
 
 
 def test_local_directory_loads_through_the_pipeline(tiny_model_dir):
-    om = build(Recipe(model=str(tiny_model_dir), device="cpu", dtype="bf16"))
+    om = build(Recipe(model=str(tiny_model_dir), device="cpu", dtype="bf16"))  # the pipeline's own OptimizedModel
     assert om.recipe.device == "cpu" and om.recipe.dtype == "bf16"
     assert next(om.model.parameters()).dtype.is_floating_point
     assert str(next(om.model.parameters()).dtype) == "torch.bfloat16"

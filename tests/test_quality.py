@@ -9,46 +9,47 @@ import pytest
 import torch
 
 from workbench import quality
-from workbench.optimize import from_model
+from workbench.optimize.pipeline import from_model
 from workbench.recipe import Recipe
+from workbench.runtimes.transformers import TransformersModel
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about rain.", "Hello!"]
 QA = [{"question": "What is the capital of France?", "answers": ["Paris"]}, {"question": "Hi?", "answers": ["hello"]}]
 
 
 @pytest.fixture(scope="module")
-def other_seed(tiny_optimized):
+def other_seed(tiny_model):
     """A tiny model with the same tokenizer and shape but different random weights."""
     from tiny import make_model
 
-    tokenizer = tiny_optimized.tokenizer
-    recipe = Recipe(model=tiny_optimized.recipe.model + "-seed1", device="cpu")
-    return from_model(make_model(tokenizer, seed=1), tokenizer, recipe)
+    tokenizer = tiny_model.tokenizer
+    recipe = Recipe(model=tiny_model.recipe.model + "-seed1", device="cpu")
+    return TransformersModel(from_model(make_model(tokenizer, seed=1), tokenizer, recipe))
 
 
 @pytest.fixture(scope="module")
-def tiny_ids(tiny_optimized):
-    return quality.text_ids(tiny_optimized.tokenizer, quality.load_eval_text(), max_tokens=300)
+def tiny_ids(tiny_model):
+    return torch.tensor([quality.text_ids(tiny_model, quality.load_eval_text(), max_tokens=300)])
 
 
 # ------------------------------------------------------------------------------------------ perplexity
 
 
-def test_perplexity_is_finite_and_above_one(tiny_optimized):
-    ppl = quality.perplexity(tiny_optimized, max_tokens=200)
+def test_perplexity_is_finite_and_above_one(tiny_model):
+    ppl = quality.perplexity(tiny_model, max_tokens=200)
     assert math.isfinite(ppl) and ppl > 1
 
 
-def test_single_window_equals_exp_mean_nll_of_one_forward(tiny_optimized, tiny_ids):
+def test_single_window_equals_exp_mean_nll_of_one_forward(tiny_model, tiny_ids):
     with torch.inference_mode():
-        loss = tiny_optimized.model(input_ids=tiny_ids, labels=tiny_ids).loss  # mean NLL over tokens 1..N-1
-    ppl = quality.perplexity(tiny_optimized, quality.load_eval_text(), window=512, max_tokens=300)
+        loss = tiny_model.module(input_ids=tiny_ids, labels=tiny_ids).loss  # mean NLL over tokens 1..N-1
+    ppl = quality.perplexity(tiny_model, quality.load_eval_text(), window=512, max_tokens=300)
     assert ppl == pytest.approx(math.exp(loss.item()), rel=1e-5)
 
 
-def test_strided_equals_the_labelled_window_method(tiny_optimized, tiny_ids):
+def test_strided_equals_the_labelled_window_method(tiny_model, tiny_ids):
     # The usual strided recipe: each window's overlap with the previous one gets label -100 (context only).
-    model, n = tiny_optimized.model, tiny_ids.shape[1]
+    model, n = tiny_model.module, tiny_ids.shape[1]
     nll, count, prev_end = 0.0, 0, 0
     with torch.inference_mode():
         for begin in range(0, n, 64):
@@ -62,26 +63,26 @@ def test_strided_equals_the_labelled_window_method(tiny_optimized, tiny_ids):
             if end == n:
                 break
     assert count == n - 1  # every token after the first scored exactly once
-    ppl = quality.perplexity(tiny_optimized, quality.load_eval_text(), window=128, stride=64, max_tokens=300)
+    ppl = quality.perplexity(tiny_model, quality.load_eval_text(), window=128, stride=64, max_tokens=300)
     assert ppl == pytest.approx(math.exp(nll / count), rel=1e-5)
 
 
-def test_strided_is_close_to_single_window(tiny_optimized):
+def test_strided_is_close_to_single_window(tiny_model):
     # Less context per token changes the figure a little; compare the mean NLL per token.
     text = quality.load_eval_text()
-    full = quality.perplexity(tiny_optimized, text, window=512, max_tokens=300)
-    strided = quality.perplexity(tiny_optimized, text, window=128, stride=64, max_tokens=300)
+    full = quality.perplexity(tiny_model, text, window=512, max_tokens=300)
+    strided = quality.perplexity(tiny_model, text, window=128, stride=64, max_tokens=300)
     assert strided != full
     assert math.log(strided) == pytest.approx(math.log(full), rel=0.1)
 
 
-def test_half_precision_model_gives_a_float32_figure_close_to_fp32(tiny_optimized):
+def test_half_precision_model_gives_a_float32_figure_close_to_fp32(tiny_model):
     from tiny import make_model
 
-    tokenizer = tiny_optimized.tokenizer
-    recipe = Recipe(model=tiny_optimized.recipe.model, device="cpu", dtype="bf16")
-    bf16 = from_model(make_model(tokenizer), tokenizer, recipe)  # same seed: the same weights, rounded
-    ppl, ref = quality.perplexity(bf16, max_tokens=300), quality.perplexity(tiny_optimized, max_tokens=300)
+    tokenizer = tiny_model.tokenizer
+    recipe = Recipe(model=tiny_model.recipe.model, device="cpu", dtype="bf16")
+    bf16 = TransformersModel(from_model(make_model(tokenizer), tokenizer, recipe))  # same seed, weights rounded
+    ppl, ref = quality.perplexity(bf16, max_tokens=300), quality.perplexity(tiny_model, max_tokens=300)
     assert isinstance(ppl, float) and math.isfinite(ppl)
     assert math.log(ppl) == pytest.approx(math.log(ref), rel=0.02)
 
@@ -94,15 +95,15 @@ def test_windows_score_every_token_once():
         assert all(end - begin <= window and begin < start for begin, start, end in spans)
 
 
-def test_perplexity_reports_progress_and_rejects_bad_input(tiny_optimized):
+def test_perplexity_reports_progress_and_rejects_bad_input(tiny_model):
     steps = []
-    quality.perplexity(tiny_optimized, window=64, stride=32, max_tokens=160, on_step=lambda *a: steps.append(a))
+    quality.perplexity(tiny_model, window=64, stride=32, max_tokens=160, on_step=lambda *a: steps.append(a))
     assert [(i, total) for i, total, _ in steps] == [(i, 4) for i in range(1, 5)]  # windows start at 0, 32, 64, 96
     assert steps[-1][2]["tokens"] == 159
     with pytest.raises(ValueError, match="stride"):
-        quality.perplexity(tiny_optimized, window=64, stride=65, max_tokens=100)
+        quality.perplexity(tiny_model, window=64, stride=65, max_tokens=100)
     with pytest.raises(ValueError, match="at least 2 tokens"):
-        quality.perplexity(tiny_optimized, "a", max_tokens=1)
+        quality.perplexity(tiny_model, "a", max_tokens=1)
 
 
 # ------------------------------------------------------------------------------------------- agreement
@@ -121,21 +122,21 @@ def test_agreement_definition_on_hand_made_tokens():
         quality.agreement([[1]], [[1], [2]])
 
 
-def test_greedy_agreement_with_itself_and_with_another_model(tiny_optimized, other_seed):
-    mine = quality.greedy_tokens(tiny_optimized, PROMPTS, max_new_tokens=12)
-    again = quality.greedy_tokens(tiny_optimized, PROMPTS, max_new_tokens=12)
+def test_greedy_agreement_with_itself_and_with_another_model(tiny_model, other_seed):
+    mine = quality.greedy_tokens(tiny_model, PROMPTS, max_new_tokens=12)
+    again = quality.greedy_tokens(tiny_model, PROMPTS, max_new_tokens=12)
     other = quality.greedy_tokens(other_seed, PROMPTS, max_new_tokens=12)
     assert len(mine) == len(PROMPTS) and all(1 <= len(t) <= 12 for t in mine)
     assert quality.agreement(again, mine) == 1.0
     assert quality.agreement(other, mine) < 1.0
 
 
-def test_greedy_ignores_the_models_sampling_defaults(tiny_optimized):
-    config = tiny_optimized.model.generation_config
+def test_greedy_ignores_the_models_sampling_defaults(tiny_model):
+    config = tiny_model.module.generation_config
     saved = (config.do_sample, config.temperature)
     config.do_sample, config.temperature = True, 1.5
     try:
-        runs = [quality.greedy_tokens(tiny_optimized, PROMPTS[:1], max_new_tokens=12) for _ in range(3)]
+        runs = [quality.greedy_tokens(tiny_model, PROMPTS[:1], max_new_tokens=12) for _ in range(3)]
     finally:
         config.do_sample, config.temperature = saved
     assert runs[0] == runs[1] == runs[2]
@@ -170,8 +171,8 @@ def test_qa_scoring_rules(answer, expected, ok):
     assert quality.is_correct(answer, expected) is ok
 
 
-def test_qa_accuracy_shape(tiny_optimized):
-    result = quality.qa_accuracy(tiny_optimized, QA, max_new_tokens=6)
+def test_qa_accuracy_shape(tiny_model):
+    result = quality.qa_accuracy(tiny_model, QA, max_new_tokens=6)
     assert result["n"] == 2 and 0 <= result["correct"] <= 2
     assert result["accuracy"] == result["correct"] / 2
     assert [a["question"] for a in result["answers"]] == [q["question"] for q in QA]
@@ -210,16 +211,16 @@ def test_missing_or_broken_assets_fail_clearly(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------ evaluate
 
 
-def test_evaluate_without_baseline(tiny_optimized):
-    report = quality.evaluate(tiny_optimized, max_tokens=100, prompts=PROMPTS, qa=QA)
+def test_evaluate_without_baseline(tiny_model):
+    report = quality.evaluate(tiny_model, max_tokens=100, prompts=PROMPTS, qa=QA)
     assert report["agreement"] is None and "baseline" not in report
     assert math.isfinite(report["perplexity"]) and report["eval_tokens"] == 100
     assert report["qa_n"] == 2 and report["qa_accuracy"] == report["qa_correct"] / 2
 
 
-def test_evaluate_with_itself_measures_once(tiny_optimized):
+def test_evaluate_with_itself_measures_once(tiny_model):
     steps = []
-    report = quality.evaluate(tiny_optimized, tiny_optimized, max_tokens=100, prompts=PROMPTS, qa=QA,
+    report = quality.evaluate(tiny_model, tiny_model, max_tokens=100, prompts=PROMPTS, qa=QA,
                               on_step=lambda *a: steps.append(a))
     assert report["agreement"] == 1.0
     own = {"perplexity": report["perplexity"], "qa_accuracy": report["qa_accuracy"], "agreement": 1.0}
@@ -227,9 +228,9 @@ def test_evaluate_with_itself_measures_once(tiny_optimized):
     assert [i for i, _, _ in steps] == list(range(1, 1 + 1 + len(QA)))  # one window, the questions, no prompts
 
 
-def test_evaluate_against_a_different_baseline(tiny_optimized, other_seed):
+def test_evaluate_against_a_different_baseline(tiny_model, other_seed):
     steps = []
-    report = quality.evaluate(tiny_optimized, other_seed, max_tokens=100, prompts=PROMPTS, qa=QA,
+    report = quality.evaluate(tiny_model, other_seed, max_tokens=100, prompts=PROMPTS, qa=QA,
                               on_step=lambda *a: steps.append(a))
     assert 0.0 <= report["agreement"] < 1.0
     assert report["baseline"]["agreement"] == 1.0
@@ -244,25 +245,25 @@ def test_evaluate_against_a_different_baseline(tiny_optimized, other_seed):
 
 
 @pytest.mark.slow
-def test_embedded_perplexity_is_sane(embedded_optimized, capsys):
+def test_embedded_perplexity_is_sane(embedded_model, capsys):
     start = time.perf_counter()
-    ppl = quality.perplexity(embedded_optimized, max_tokens=1024)
+    ppl = quality.perplexity(embedded_model, max_tokens=1024)
     with capsys.disabled():
         print(f"\nembedded perplexity (first 1024 tokens): {ppl:.2f} in {time.perf_counter() - start:.1f} s")
     assert 2 < ppl < 100
 
 
 @pytest.mark.slow
-def test_embedded_qa_accuracy(embedded_optimized, capsys):
+def test_embedded_qa_accuracy(embedded_model, capsys):
     start = time.perf_counter()
-    result = quality.qa_accuracy(embedded_optimized)
+    result = quality.qa_accuracy(embedded_model)
     with capsys.disabled():
         print(f"\nembedded QA accuracy: {result['correct']}/{result['n']} in {time.perf_counter() - start:.1f} s")
     assert result["n"] == 50 and result["accuracy"] > 0.2
 
 
 @pytest.mark.slow
-def test_embedded_evaluate_against_itself(embedded_optimized):
-    report = quality.evaluate(embedded_optimized, embedded_optimized, max_tokens=256, qa=quality.load_qa()[:5])
+def test_embedded_evaluate_against_itself(embedded_model):
+    report = quality.evaluate(embedded_model, embedded_model, max_tokens=256, qa=quality.load_qa()[:5])
     assert report["agreement"] == 1.0 and report["baseline"]["agreement"] == 1.0
     assert report["baseline"]["perplexity"] == report["perplexity"]

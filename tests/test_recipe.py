@@ -3,7 +3,8 @@ import json
 import pytest
 
 from workbench.devices import resolve_device
-from workbench.recipe import MAX_PRUNE_RATIO, PruneSpec, Recipe, RecipeError
+from workbench.recipe import (MAX_BATCH_SIZE, MAX_NEW_TOKENS, MAX_PRUNE_RATIO, GenerationSettings, PruneSpec, Recipe,
+                             RecipeError, StudentSpec, check_batch_size, working_precision)
 
 
 def test_defaults_are_the_embedded_fp32_baseline():
@@ -97,3 +98,38 @@ def test_absent_device_is_a_recipe_error():
     with pytest.raises(RecipeError) as err:
         resolve_device("cuda")
     assert err.value.field == "device" and "available" in str(err.value)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"max_new_tokens": 0}, "max-new-tokens"), ({"max_new_tokens": True}, "max-new-tokens"),
+    ({"max_new_tokens": MAX_NEW_TOKENS + 1}, "max-new-tokens"), ({"temperature": -0.1}, "temperature"),
+    ({"top_p": 0.0}, "top-p"), ({"seed": -1}, "seed"),
+])
+def test_bad_generation_settings_name_the_flag(kwargs, field):
+    with pytest.raises(RecipeError) as err:
+        GenerationSettings(**kwargs)
+    assert err.value.field == field
+
+
+def test_greedy_is_temperature_zero():
+    assert GenerationSettings().greedy and not GenerationSettings(temperature=0.7).greedy
+
+
+def test_one_place_decides_batch_sizes_and_the_working_precision():
+    assert check_batch_size(MAX_BATCH_SIZE) == MAX_BATCH_SIZE
+    for bad in (0, MAX_BATCH_SIZE + 1, 2.0, True):
+        with pytest.raises(RecipeError) as err:
+            check_batch_size(bad, flag="batch-sizes")
+        assert err.value.field == "batch-sizes"
+    with pytest.raises(RecipeError):
+        Recipe(device="cpu", batch_size=MAX_BATCH_SIZE + 1)
+    assert working_precision("cuda") == "fp16" and working_precision("cpu") == working_precision("mps") == "fp32"
+    assert Recipe(device="mps", dtype="int8").baseline().dtype == working_precision("mps")
+
+
+def test_a_student_must_be_smaller_than_its_teacher():
+    assert StudentSpec().layers_ratio > 0
+    with pytest.raises(RecipeError):
+        StudentSpec(layers_ratio=0.0, channels_ratio=0.0)
+    with pytest.raises(RecipeError):
+        StudentSpec(layers_ratio=0.95)

@@ -1,5 +1,5 @@
 """``python -m workbench``: the same command as ``workbench``."""
 
-from .cli import main
+from .cli.main import main
 
 raise SystemExit(main())

@@ -11,19 +11,25 @@ of their TTFT and E2E, as it would be for a person. Throughput is all new tokens
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from pathlib import Path
 
-from . import devices
-from .metrics import itl, summarize
-from .recipe import Recipe, RecipeError
+from . import devices, runtimes, store
+from .latency import itl, summarize
+from .progress import OnStage, OnStep
+from .recipe import GenerationSettings, Recipe, RecipeError, check_batch_size
+from .runtimes.base import LoadedModel
+from .serving.engine import Engine
+from .serving.options import DEFAULT_BATCH_WINDOW_S, check_scheduler
+from .serving.results import Recorder
 
-OnStep = Callable[[int, int, dict], None]  # (runs done, runs in total, metrics of the run just finished)
-OnBuild = Callable[[str, float], None]  # (build stage, fraction done)
-Evaluate = Callable[[object], dict]  # built OptimizedModel -> quality figures (e.g. perplexity, qa_accuracy)
+Evaluate = Callable[[LoadedModel], dict]  # built model -> quality figures (e.g. perplexity, qa_accuracy)
 
 # Fixed prompts of a few lengths, used in this order by every recipe so that recipes are compared on the
 # same work. Run i uses PROMPTS[i % len(PROMPTS)].
@@ -43,14 +49,7 @@ class BenchStopped(RuntimeError):
     """The sweep was asked to stop (``stop()`` returned True); what was measured before is discarded."""
 
 
-MAX_BATCH_SIZE = 256
 MAX_CONCURRENCY = 256
-
-
-def check_batch_size(batch_size: int) -> None:
-    """Raise RecipeError unless the engine can serve this batch size (1 to MAX_BATCH_SIZE)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH_SIZE:
-        raise RecipeError("batch-size", f"batch size must be an integer from 1 to {MAX_BATCH_SIZE}, got {batch_size!r}")
 
 
 def check_concurrency(concurrency: int) -> None:
@@ -58,13 +57,6 @@ def check_concurrency(concurrency: int) -> None:
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= MAX_CONCURRENCY:
         raise RecipeError("concurrency",
                           f"concurrency must be an integer from 1 to {MAX_CONCURRENCY}, got {concurrency!r}")
-
-
-def check_scheduler(scheduler: str) -> None:
-    from .engine import SCHEDULERS
-
-    if scheduler not in SCHEDULERS:
-        raise RecipeError("scheduler", f"unknown scheduler {scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
 
 
 def check_runs(runs: int, warmup: int) -> None:
@@ -77,15 +69,15 @@ def check_runs(runs: int, warmup: int) -> None:
 
 def run_bench(
     recipe: Recipe,
-    settings,
+    settings: GenerationSettings,
     runs: int = 5,
     warmup: int = 1,
     on_step: OnStep | None = None,
     *,
-    optimized=None,
-    history=None,
+    model: LoadedModel | None = None,
+    history: Recorder | None = None,
     trust_remote_code: bool = False,
-    on_build: OnBuild | None = None,
+    on_build: OnStage | None = None,
     evaluate: Evaluate | None = None,
     concurrency: int = 1,
     scheduler: str = "static",
@@ -96,15 +88,16 @@ def run_bench(
 
     Args:
         recipe: what to build and measure; its ``batch_size`` is how many requests the engine runs together.
-        settings: ``engine.GenerationSettings``; ``ignore_eos`` is forced on so that every run generates
-            exactly ``max_new_tokens`` tokens.
+        settings: generation settings; ``ignore_eos`` is forced on so that every run generates exactly
+            ``max_new_tokens`` tokens.
         runs: measured requests per user (at least 1); ``runs * concurrency`` in all.
         warmup: requests per user before the measured ones, excluded from every figure and from the history.
         on_step: progress callback ``(requests done, requests in total, metrics)``; metrics are the request's
             ``GenerationResult.metrics()`` plus ``phase`` ("warmup" or "measure"). Called from the users'
             threads, one call at a time.
-        optimized: an already built ``OptimizedModel`` of this recipe (any batch size), to skip the build.
-        history: a ``metrics.HistoryStore`` that records the measured runs (origin "bench"), or None.
+        model: an already built model of this recipe (any batch size: the weights serve every one), to skip
+            the build.
+        history: where the measured runs are recorded (origin "bench"), e.g. the request history, or None.
         trust_remote_code: allow hub model code (opt-in), passed to the build.
         on_build: build progress callback ``(stage, fraction)``.
         evaluate: called with the built model after the timed runs (so that memory and time figures are
@@ -119,20 +112,17 @@ def run_bench(
         max, throughput, memory, the batch sizes the engine ran, the model's stats and each measured run
         (and ``quality`` with ``evaluate``).
     """
-    from .optimize import build
-
     check_batch_size(recipe.batch_size)
     check_runs(runs, warmup)
     check_concurrency(concurrency)
     check_scheduler(scheduler)
-    if optimized is None:
-        optimized = build(recipe, trust_remote_code=trust_remote_code, on_step=on_build)
-    if optimized.recipe.batch_size != recipe.batch_size:  # the same weights serve every batch size
-        optimized = replace(optimized, recipe=replace(optimized.recipe, batch_size=recipe.batch_size))
-    entry = measure(optimized, replace(settings, ignore_eos=True), runs, warmup, on_step, history,
-                    concurrency=concurrency, scheduler=scheduler, batch_window_s=batch_window_s, stop=stop)
+    if model is None:
+        model = runtimes.build(recipe, trust_remote_code=trust_remote_code, on_stage=on_build)
+    entry = measure(model, replace(settings, ignore_eos=True), runs, warmup, on_step, history,
+                    batch_size=recipe.batch_size, concurrency=concurrency, scheduler=scheduler,
+                    batch_window_s=batch_window_s, stop=stop)
     if evaluate is not None:
-        entry["quality"] = evaluate(optimized)
+        entry["quality"] = evaluate(model)
     return entry
 
 
@@ -146,7 +136,7 @@ def sweep(
     *,
     concurrency: int | None = None,
     schedulers: Iterable[str] = ("static",),
-    optimized=None,
+    model: LoadedModel | None = None,
     on_entry: Callable[[dict], None] | None = None,
     **kwargs,
 ) -> list[dict]:
@@ -162,15 +152,13 @@ def sweep(
         concurrency: simulated users, the same at every batch size so that they serve the same load
             (default: the largest batch size, enough to fill every batch).
         schedulers: "static" and/or "continuous".
-        optimized: an already built model of the (single) recipe, to skip the build.
+        model: an already built model of the (single) recipe, to skip the build.
         on_entry: called with each entry as soon as it is measured.
         **kwargs: passed to ``run_bench`` (history, trust_remote_code, on_build, evaluate, batch_window_s, stop).
 
     Returns:
         One ``run_bench`` entry per recipe, scheduler and batch size, in that order.
     """
-    from .optimize import build
-
     batch_sizes, schedulers = list(batch_sizes), list(schedulers)
     for batch_size in batch_sizes:
         check_batch_size(batch_size)
@@ -184,13 +172,13 @@ def sweep(
     total = per_bench * len(recipes) * len(schedulers) * len(batch_sizes)
     entries = []
     for recipe in recipes:
-        built = optimized or build(recipe, trust_remote_code=kwargs.get("trust_remote_code", False),
-                                   on_step=kwargs.get("on_build"))
+        built = model or runtimes.build(recipe, trust_remote_code=kwargs.get("trust_remote_code", False),
+                                        on_stage=kwargs.get("on_build"))
         for scheduler in schedulers:
             for b in batch_sizes:
                 offset = len(entries) * per_bench
                 step = None if on_step is None else (lambda i, _t, m, o=offset: on_step(o + i, total, m))
-                entry = run_bench(replace(recipe, batch_size=b), settings, runs, warmup, step, optimized=built,
+                entry = run_bench(replace(recipe, batch_size=b), settings, runs, warmup, step, model=built,
                                   concurrency=concurrency, scheduler=scheduler, **kwargs)
                 entries.append(entry)
                 if on_entry is not None:
@@ -198,29 +186,29 @@ def sweep(
     return entries
 
 
-def measure(optimized, settings, runs: int, warmup: int, on_step: OnStep | None = None, history=None, *,
-            concurrency: int = 1, scheduler: str = "static", batch_window_s: float | None = None,
+def measure(model: LoadedModel, settings: GenerationSettings, runs: int, warmup: int, on_step: OnStep | None = None,
+            history: Recorder | None = None, *, batch_size: int | None = None, concurrency: int = 1,
+            scheduler: str = "static", batch_window_s: float | None = None,
             stop: Callable[[], bool] | None = None) -> dict:
-    """Measure a built model through its own engine: a warm-up round first, then the measured round.
+    """Measure a built model through an engine of its own: a warm-up round first, then the measured round.
 
     Args:
-        optimized: the ``OptimizedModel`` to measure; its recipe's ``batch_size`` is the engine's.
-        settings: ``engine.GenerationSettings`` used for every run, as given.
+        model: the model to measure.
+        settings: generation settings used for every run, as given.
+        batch_size: the engine's batch size (default: the model's recipe's).
         runs, warmup, on_step, history, concurrency, scheduler, batch_window_s, stop: as in ``run_bench``.
     """
-    from .engine import DEFAULT_BATCH_WINDOW_S, Engine
-
     total = (warmup + runs) * concurrency
-    progress = _Progress(on_step, total)
+    progress = _RequestCounter(on_step, total)
     window = DEFAULT_BATCH_WINDOW_S if batch_window_s is None else batch_window_s
-    engine = Engine(optimized, history=history, batch_window_s=window, scheduler=scheduler)
+    engine = Engine(model, history=history, batch_size=batch_size, batch_window_s=window, scheduler=scheduler)
     try:
         _round(engine, settings, warmup, concurrency, "warmup", progress, stop)
         _reset_peak_rss()
         results, wall_s = _round(engine, settings, runs, concurrency, "measure", progress, stop)
     finally:
         engine.close()
-    entry = _entry(optimized, settings, results, wall_s, warmup)
+    entry = _entry(engine.recipe, model, settings, results, wall_s, warmup)
     entry.update(concurrency=concurrency, scheduler=scheduler, batch_window_ms=window * 1000,
                  requests=len(results), request_throughput_rps=len(results) / wall_s if wall_s > 0 else None,
                  queue_ms=_summary_ms(r.queue_s for r in results),
@@ -228,7 +216,7 @@ def measure(optimized, settings, runs: int, warmup: int, on_step: OnStep | None 
     return entry
 
 
-class _Progress:
+class _RequestCounter:
     """A thread-safe request counter in front of ``on_step``."""
 
     def __init__(self, on_step: OnStep | None, total: int):
@@ -243,7 +231,7 @@ class _Progress:
             self.on_step(self.done, self.total, {"phase": phase, **result.metrics()})
 
 
-def _round(engine, settings, per_user: int, users: int, phase: str, progress: _Progress, stop=None):
+def _round(engine: Engine, settings, per_user: int, users: int, phase: str, progress: _RequestCounter, stop=None):
     """``users`` threads, each sending ``per_user`` requests one after another; (results in finishing order, wall s).
 
     User u's k-th request uses PROMPTS[(k * users + u) % len(PROMPTS)], so one user asks them in order.
@@ -295,8 +283,7 @@ def _batches(sizes: list[int]) -> dict:
             "requests_by_size": {str(k): v for k, v in sorted(counts.items())}}
 
 
-def _entry(optimized, settings, results: list, wall_s: float, warmup: int) -> dict:
-    recipe = optimized.recipe
+def _entry(recipe: Recipe, model: LoadedModel, settings, results: list, wall_s: float, warmup: int) -> dict:
     new_tokens = sum(r.new_tokens for r in results)
     decode = [r.decode_tok_s for r in results if r.decode_tok_s is not None]
     median_decode = statistics.median(decode) if decode else None
@@ -321,12 +308,12 @@ def _entry(optimized, settings, results: list, wall_s: float, warmup: int) -> di
         "new_tokens": new_tokens,
         "wall_s": wall_s,
         # gpt-fast's "bandwidth achieved": every decode step reads all weights once.
-        "bandwidth_gb_s": optimized.stats.weight_bytes * median_decode / 1e9 if median_decode else None,
+        "bandwidth_gb_s": model.stats.weight_bytes * median_decode / 1e9 if median_decode else None,
         "peak_rss_mb": devices.peak_rss_mb(),
         "rss_mb": devices.process_rss_mb(),
         "device_memory_mb": devices.device_memory_mb(recipe.device),
-        "model": optimized.stats.to_dict(),
-        "notes": list(optimized.notes),
+        "model": model.stats.to_dict(),
+        "notes": list(model.notes),
         "per_run": [_run_row(r) for r in results],
     }
 
@@ -359,11 +346,9 @@ def _reset_peak_rss() -> None:
 # Saved sweeps -----------------------------------------------------------------------------------------------
 
 
-def sweeps_dir():
+def sweeps_dir() -> Path:
     """``WORKBENCH_HOME/benchmarks``: one JSON file per finished sweep (its requests are in the history too)."""
-    from . import cache
-
-    path = cache.home() / "benchmarks"
+    path = store.home() / "benchmarks"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -373,9 +358,6 @@ def save_sweep(report: dict) -> str:
 
     Written to a temp file then renamed, like the artifacts, so a reader never sees half a file.
     """
-    import json
-    import os
-
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = f"sweep-{stamp}-{os.getpid()}-{threading.get_ident() % 10_000:04d}.json"
     path = sweeps_dir() / name
@@ -387,8 +369,6 @@ def save_sweep(report: dict) -> str:
 
 def load_sweeps(limit: int = 20) -> list[dict]:
     """The most recent saved sweeps, newest first, each with its ``name``; unreadable files are skipped."""
-    import json
-
     sweeps = []
     for path in sorted(sweeps_dir().glob("sweep-*.json"), reverse=True)[:limit]:
         try:

@@ -7,18 +7,18 @@ safetensors in the artifact cache and loaded from there afterwards.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from . import cache, catalog
+from . import catalog, store
+from .progress import OnStage, no_stage
 from .recipe import EMBEDDED, Recipe
-
-OnStep = Callable[[str, float], None]  # (stage description, fraction done 0..1)
 
 
 class ModelSourceError(RuntimeError):
@@ -59,28 +59,28 @@ def resolve_source(model: str) -> Source:
     return Source("hub", model)
 
 
-def load(model: str, *, trust_remote_code: bool = False, on_step: OnStep | None = None):
+def load(model: str, *, trust_remote_code: bool = False, on_stage: OnStage | None = None):
     """Load a model source in float32 on the CPU.
 
     Args:
         model: the recipe's model field ("embedded", a hub id, a local directory or a .gguf file).
         trust_remote_code: allow model code from the hub; off unless the user opts in.
-        on_step: progress callback ``(stage, fraction)``.
+        on_stage: progress callback ``(stage, fraction)``.
 
     Returns:
         (model, tokenizer, weights_dir) where weights_dir is the directory the weights were read from.
     """
-    on_step = on_step or (lambda stage, frac: None)
+    on_stage = on_stage or no_stage
     source = resolve_source(model)
     if source.kind in ("embedded", "gguf"):
-        weights_dir = _converted_gguf(model, Path(source.location), on_step)
-        return (*_from_pretrained(str(weights_dir), on_step, local_files_only=True), str(weights_dir))
+        weights_dir = _converted_gguf(model, Path(source.location), on_stage)
+        return (*_from_pretrained(str(weights_dir), on_stage, local_files_only=True), str(weights_dir))
     if source.kind == "dir":
         return (
-            *_from_pretrained(source.location, on_step, local_files_only=True, trust_remote_code=trust_remote_code),
+            *_from_pretrained(source.location, on_stage, local_files_only=True, trust_remote_code=trust_remote_code),
             source.location,
         )
-    return (*_load_hub(source.location, trust_remote_code, on_step), source.location)
+    return (*_load_hub(source.location, trust_remote_code, on_stage), source.location)
 
 
 def source_key(model: str) -> str:
@@ -88,20 +88,16 @@ def source_key(model: str) -> str:
     return Recipe(model=model, device="cpu", dtype="fp32").key()
 
 
-def _converted_gguf(model: str, gguf: Path, on_step: OnStep) -> Path:
+def _converted_gguf(model: str, gguf: Path, on_stage: OnStage) -> Path:
     key = source_key(model)
     stat = gguf.stat()
     fingerprint = {"file": str(gguf), "size": stat.st_size, "mtime": int(stat.st_mtime)}
-    if cache.artifact_ready(key):
-        import json
-
-        meta = json.loads((cache.artifact_path(key) / "recipe.json").read_text())
+    if store.artifact_ready(key):
+        meta = json.loads((store.artifact_path(key) / "recipe.json").read_text())
         if meta.get("source") == fingerprint or model == EMBEDDED and meta.get("source", {}).get("size") == stat.st_size:
-            return cache.artifact_path(key)
-        import shutil
-
-        shutil.rmtree(cache.artifact_path(key), ignore_errors=True)  # the .gguf changed since conversion
-    on_step(f"Converting {gguf.name} to safetensors (once; later loads are fast)", 0.05)
+            return store.artifact_path(key)
+        shutil.rmtree(store.artifact_path(key), ignore_errors=True)  # the .gguf changed since conversion
+    on_stage(f"Converting {gguf.name} to safetensors (once; later loads are fast)", 0.05)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -116,21 +112,21 @@ def _converted_gguf(model: str, gguf: Path, on_step: OnStep) -> Path:
     model_obj.hf_quantizer = None
     if hasattr(model_obj.config, "quantization_config"):
         del model_obj.config.quantization_config
-    on_step("Writing safetensors", 0.5)
+    on_stage("Writing safetensors", 0.5)
 
     def write(tmp: Path) -> None:
         model_obj.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
 
     meta = {"recipe": Recipe(model=model, device="cpu", dtype="fp32").to_dict(), "source": fingerprint}
-    return cache.write_artifact(key, write, meta)
+    return store.write_artifact(key, write, meta)
 
 
-def _from_pretrained(location: str, on_step: OnStep, **kwargs):
+def _from_pretrained(location: str, on_stage: OnStage, **kwargs):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     kwargs.setdefault("trust_remote_code", False)  # explicit False: never an interactive prompt
-    on_step("Loading weights", 0.6)
+    on_stage("Loading weights", 0.6)
     try:
         # The config first: it is where a model that needs its own code says so.
         config = AutoConfig.from_pretrained(location, **kwargs)
@@ -149,11 +145,11 @@ def _from_pretrained(location: str, on_step: OnStep, **kwargs):
     return model_obj, tokenizer
 
 
-def _load_hub(repo_id: str, trust_remote_code: bool, on_step: OnStep):
+def _load_hub(repo_id: str, trust_remote_code: bool, on_stage: OnStage):
     kwargs = {"trust_remote_code": trust_remote_code}
     if catalog.hub_cached(repo_id):
-        on_step(f"Loading {repo_id} from the local Hugging Face cache", 0.3)
-        return _from_pretrained(repo_id, on_step, local_files_only=True, **kwargs)
+        on_stage(f"Loading {repo_id} from the local Hugging Face cache", 0.3)
+        return _from_pretrained(repo_id, on_stage, local_files_only=True, **kwargs)
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     if offline or not _hub_reachable():
         why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face hub cannot be reached from this machine"
@@ -162,8 +158,8 @@ def _load_hub(repo_id: str, trust_remote_code: bool, on_step: OnStep):
             f"`huggingface-cli download {repo_id}` (or `hf download {repo_id}`) into the same HF_HOME, "
             "then set HF_HUB_OFFLINE=1 and load it again; or pass a local model directory or .gguf file."
         )
-    on_step(f"Downloading {repo_id} from the Hugging Face hub", 0.2)
-    return _from_pretrained(repo_id, on_step, **kwargs)
+    on_stage(f"Downloading {repo_id} from the Hugging Face hub", 0.2)
+    return _from_pretrained(repo_id, on_stage, **kwargs)
 
 
 def _hub_reachable(timeout_s: float = 3.0) -> bool:

@@ -1,4 +1,4 @@
-"""Quality of an optimized model: perplexity, agreement with the baseline's greedy tokens, small QA accuracy.
+"""Quality of a loaded model: perplexity, agreement with the baseline's greedy tokens, small QA accuracy.
 
 The three measures answer different questions. Perplexity on a fixed text says how much the optimization
 changed the model's next-token predictions overall. Agreement says how often the optimized model, decoding
@@ -12,18 +12,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from transformers import GenerationConfig
-
-from .engine import encode_chat
+from .progress import OnStep
+from .recipe import GenerationSettings
+from .runtimes.base import LoadedModel, complete
 
 EVAL_DIR = Path(__file__).resolve().parents[1] / "assets" / "eval"
 
-OnStep = Callable[[int, int, dict], None]  # (steps done, steps in total, metrics so far)
 WINDOW = 512  # tokens per perplexity forward pass
 STRIDE = 256  # so every scored token has at least 256 tokens of context (except in the first window)
 
@@ -72,7 +68,7 @@ def _qa_item(item: dict, where: str) -> dict:
 
 
 def perplexity(
-    optimized,
+    model: LoadedModel,
     text: str | None = None,
     window: int = WINDOW,
     stride: int = STRIDE,
@@ -89,32 +85,31 @@ def perplexity(
     single forward pass.
 
     Args:
-        optimized: the built model (``OptimizedModel``).
+        model: the loaded model.
         text: the text to score; None = the evaluation text under assets/eval/.
         window: tokens per forward pass; capped at the model's ``max_position_embeddings``.
         stride: tokens between the starts of consecutive windows (1..window).
         max_tokens: score only the first this many tokens of the text (None = all of it).
         on_step: progress callback ``(window i, windows in total, {"perplexity", "tokens"})``.
     """
-    ids = text_ids(optimized.tokenizer, load_eval_text() if text is None else text, max_tokens)
-    window = _model_window(optimized.model, window)
-    spans = windows(ids.shape[1], window, stride)
+    ids = text_ids(model, load_eval_text() if text is None else text, max_tokens)
+    window = _model_window(model, window)
+    spans = windows(len(ids), window, stride)
     nll, scored = 0.0, 0
-    with torch.inference_mode():
-        for i, (begin, start, end) in enumerate(spans, start=1):
-            nll += _window_nll(optimized.model, ids[:, begin:end], start - begin, optimized.recipe.device)
-            scored += end - start
-            if on_step:
-                on_step(i, len(spans), {"perplexity": math.exp(nll / scored), "tokens": scored})
+    for i, (begin, start, end) in enumerate(spans, start=1):
+        nll += model.nll(ids[begin:end], start - begin)
+        scored += end - start
+        if on_step:
+            on_step(i, len(spans), {"perplexity": math.exp(nll / scored), "tokens": scored})
     return math.exp(nll / scored)
 
 
-def text_ids(tokenizer, text: str, max_tokens: int | None = None) -> torch.Tensor:
-    """Token ids (1, N) of a text, cut to the first ``max_tokens``; at least 2 tokens (one to predict)."""
-    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+def text_ids(model: LoadedModel, text: str, max_tokens: int | None = None) -> list[int]:
+    """Token ids of a text, cut to the first ``max_tokens``; at least 2 tokens (one to predict)."""
+    ids = model.tokenize(text)
     if max_tokens is not None:
-        ids = ids[:, :max_tokens]
-    if ids.shape[1] < 2:
+        ids = ids[:max_tokens]
+    if len(ids) < 2:
         raise ValueError("perplexity needs a text of at least 2 tokens")
     return ids
 
@@ -135,60 +130,36 @@ def windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int
     return spans
 
 
-def _model_window(model, window: int) -> int:
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+def _model_window(model: LoadedModel, window: int) -> int:
+    limit = model.context_length
     return min(window, limit) if limit else window
-
-
-def _window_nll(model, ids: torch.Tensor, first_target: int, device: str) -> float:
-    """Summed NLL (float32) of tokens ids[:, first_target:] given what precedes them in the window."""
-    ids = ids.to(device)  # (1, L)
-    keep = ids.shape[1] - first_target + 1  # logits from position first_target-1 on; the last one is unused
-    logits = model(input_ids=ids, logits_to_keep=keep).logits[0, -keep:-1].float()  # (L - first_target, V)
-    return F.cross_entropy(logits, ids[0, first_target:], reduction="sum").item()
 
 
 # ------------------------------------------------------------------------------------------- agreement
 
 
 def greedy_tokens(
-    optimized, prompts: list[str], max_new_tokens: int = 32, on_step: OnStep | None = None
+    model: LoadedModel, prompts: list[str], max_new_tokens: int = 32, on_step: OnStep | None = None
 ) -> list[list[int]]:
     """Greedy answer tokens to each prompt, asked as a one-turn chat through the model's chat template.
 
     Args:
-        optimized: the built model (``OptimizedModel``).
+        model: the loaded model.
         prompts: user messages, one chat each.
         max_new_tokens: the most tokens generated per prompt (fewer if the model ends its answer).
         on_step: progress callback ``(prompt i, prompts in total, {"new_tokens"})``.
     """
-    config = greedy_config(optimized, max_new_tokens)
     answers = []
     for i, prompt in enumerate(prompts, start=1):
-        answers.append(_greedy(optimized, prompt, config))
+        answers.append(_greedy(model, prompt, max_new_tokens))
         if on_step:
             on_step(i, len(prompts), {"new_tokens": len(answers[-1])})
     return answers
 
 
-def greedy_config(optimized, max_new_tokens: int) -> GenerationConfig:
-    """An explicit greedy config, so that a model's own defaults (sampling, temperature) never apply."""
-    base = optimized.model.generation_config
-    tokenizer = optimized.tokenizer
-    return GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=base.bos_token_id,
-        eos_token_id=base.eos_token_id if base.eos_token_id is not None else tokenizer.eos_token_id,
-    )
-
-
-def _greedy(optimized, prompt: str, config: GenerationConfig) -> list[int]:
-    ids = encode_chat(optimized.tokenizer, [{"role": "user", "content": prompt}]).to(optimized.recipe.device)
-    with torch.inference_mode():
-        out = optimized.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
-    return out[0, ids.shape[1]:].tolist()
+def _greedy(model: LoadedModel, prompt: str, max_new_tokens: int) -> list[int]:
+    ids = model.encode_chat([{"role": "user", "content": prompt}])
+    return complete(model, ids, GenerationSettings(max_new_tokens=max_new_tokens))
 
 
 def agreement(tokens: list[list[int]], baseline_tokens: list[list[int]]) -> float:
@@ -231,12 +202,12 @@ def _alias_pattern(alias: str) -> re.Pattern:
 
 
 def qa_accuracy(
-    optimized, items: list[dict] | None = None, max_new_tokens: int = 24, on_step: OnStep | None = None
+    model: LoadedModel, items: list[dict] | None = None, max_new_tokens: int = 24, on_step: OnStep | None = None
 ) -> dict:
     """Share of short factual questions the model answers correctly, decoding greedily.
 
     Args:
-        optimized: the built model (``OptimizedModel``).
+        model: the loaded model.
         items: dicts with ``question`` and ``answers`` (accepted strings); None = assets/eval/qa.jsonl.
         max_new_tokens: the most tokens of each answer that are generated and scored.
         on_step: progress callback ``(question i, questions in total, {"accuracy", "correct"})``.
@@ -245,10 +216,9 @@ def qa_accuracy(
         ``{"accuracy", "n", "correct", "answers": [{"question", "answer", "expected", "ok"}]}``.
     """
     items = load_qa() if items is None else items
-    config = greedy_config(optimized, max_new_tokens)
     answers = []
     for i, item in enumerate(items, start=1):
-        text = optimized.tokenizer.decode(_greedy(optimized, item["question"], config), skip_special_tokens=True)
+        text = model.decode(_greedy(model, item["question"], max_new_tokens))
         ok = is_correct(text, item["answers"])
         answers.append({"question": item["question"], "answer": text.strip(), "expected": item["answers"], "ok": ok})
         if on_step:
@@ -262,8 +232,8 @@ def qa_accuracy(
 
 
 def evaluate(
-    optimized,
-    baseline=None,
+    model: LoadedModel,
+    baseline: LoadedModel | None = None,
     *,
     max_tokens: int | None = None,
     prompts: list[str] | None = None,
@@ -273,7 +243,7 @@ def evaluate(
     """Perplexity, agreement with the baseline and QA accuracy of a model: what ``workbench eval`` prints.
 
     Args:
-        optimized: the model under test (``OptimizedModel``).
+        model: the model under test.
         baseline: the baseline to compare with; None = no comparison (``agreement`` is None). When it is the
             same recipe (or the same object), nothing is measured twice and agreement is 1.0.
         max_tokens: perplexity on the first this many tokens of the evaluation text (None = all of it).
@@ -287,12 +257,12 @@ def evaluate(
         ``"baseline": {"perplexity", "qa_accuracy", "agreement": 1.0}`` when a baseline is given.
     """
     work = {"text": load_eval_text(), "max_tokens": max_tokens, "qa": load_qa() if qa is None else qa}
-    same = baseline is not None and (baseline is optimized or baseline.recipe == optimized.recipe)
-    models = {"": optimized} if baseline is None or same else {"": optimized, "baseline ": baseline}
+    same = baseline is not None and (baseline is model or baseline.recipe == model.recipe)
+    models = {"": model} if baseline is None or same else {"": model, "baseline ": baseline}
     if len(models) == 2:  # greedy tokens only matter when there is a different baseline to compare with
         work["prompts"] = load_prompts() if prompts is None else prompts
-    progress = _Progress(on_step, sum(_steps(model, **work) for model in models.values()))
-    results = [_measure(model, label, progress, **work) for label, model in models.items()]
+    progress = _StageCounter(on_step, sum(_steps(m, **work) for m in models.values()))
+    results = [_measure(m, label, progress, **work) for label, m in models.items()]
     own, base = results[0], results[-1]  # the same measurements when the baseline is the model itself
     report = {
         "perplexity": own["perplexity"],
@@ -307,22 +277,22 @@ def evaluate(
     return report
 
 
-def _measure(optimized, label: str, progress: "_Progress", text, max_tokens, qa, prompts=None) -> dict:
+def _measure(model: LoadedModel, label: str, progress: "_StageCounter", text, max_tokens, qa, prompts=None) -> dict:
     # Stages run in this order; each stage's callback is made when it starts, so progress counts on.
-    ppl = perplexity(optimized, text, max_tokens=max_tokens, on_step=progress.stage(label + "perplexity"))
-    answers = qa_accuracy(optimized, qa, on_step=progress.stage(label + "qa"))
-    tokens = None if prompts is None else greedy_tokens(optimized, prompts, on_step=progress.stage(label + "agreement"))
-    n_tokens = int(text_ids(optimized.tokenizer, text, max_tokens).shape[1])
+    ppl = perplexity(model, text, max_tokens=max_tokens, on_step=progress.stage(label + "perplexity"))
+    answers = qa_accuracy(model, qa, on_step=progress.stage(label + "qa"))
+    tokens = None if prompts is None else greedy_tokens(model, prompts, on_step=progress.stage(label + "agreement"))
+    n_tokens = len(text_ids(model, text, max_tokens))
     return {"perplexity": ppl, "eval_tokens": n_tokens, "qa": answers, "tokens": tokens}
 
 
-def _steps(optimized, text, max_tokens, qa, prompts=None) -> int:
-    n_tokens = text_ids(optimized.tokenizer, text, max_tokens).shape[1]
-    n_windows = len(windows(n_tokens, _model_window(optimized.model, WINDOW), STRIDE))
+def _steps(model: LoadedModel, text, max_tokens, qa, prompts=None) -> int:
+    n_tokens = len(text_ids(model, text, max_tokens))
+    n_windows = len(windows(n_tokens, _model_window(model, WINDOW), STRIDE))
     return n_windows + len(qa) + len(prompts or [])
 
 
-class _Progress:
+class _StageCounter:
     """Turns each stage's own (i, total, metrics) into one running count over the whole evaluation."""
 
     def __init__(self, on_step: OnStep | None, total: int):

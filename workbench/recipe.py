@@ -1,4 +1,9 @@
-"""The Recipe: one immutable description of an optimized model, used as the cache key everywhere."""
+"""What to build and how to generate: the Recipe (the cache key everywhere), the GenerationSettings, and the
+StudentSpec of a distilled student.
+
+Both are frozen dataclasses whose fields hold their defaults once: the command line and the app read their
+defaults from here. A bad value raises RecipeError naming the command-line flag that sets it.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,9 @@ FLOAT_DTYPES = ("fp32", "fp16", "bf16")
 PRUNE_METHODS = ("none", "magnitude", "2:4", "channels", "layers")
 PRUNE_CRITERIA = ("magnitude", "wanda")  # how unstructured and 2:4 pruning rank weights
 MAX_PRUNE_RATIO = 0.9
+MAX_BATCH_SIZE = 256  # requests one worker may run together
+MAX_NEW_TOKENS = 8192
+DEFAULT_STUDENT_STEPS = 100  # training steps of a student: a few minutes on a laptop CPU for the embedded model
 EMBEDDED = "embedded"
 
 
@@ -81,8 +89,7 @@ class Recipe:
             object.__setattr__(self, "prune", PruneSpec(**self.prune))
         if not isinstance(self.variant, str) or not self.variant.strip():
             raise RecipeError("variant", "variant must be 'none' or a variant name")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 256:
-            raise RecipeError("batch-size", f"batch size must be an integer from 1 to 256, got {self.batch_size!r}")
+        check_batch_size(self.batch_size)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,9 +106,8 @@ class Recipe:
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def baseline(self) -> "Recipe":
-        """Same model and device, no pruning, no variant, fp32 (fp16 on CUDA)."""
-        dtype = "fp16" if self.device == "cuda" else "fp32"
-        return replace(self, dtype=dtype, backend="torch", prune=PruneSpec(), variant="none")
+        """Same model and device, no pruning, no variant, in the device's working precision (fp16 on CUDA)."""
+        return replace(self, dtype=working_precision(self.device), backend="torch", prune=PruneSpec(), variant="none")
 
     def is_baseline(self) -> bool:
         return self == self.baseline()
@@ -121,7 +127,72 @@ class Recipe:
         return " · ".join(parts)
 
 
+def working_precision(device: str) -> str:
+    """The float dtype a device computes in: a baseline's weights, and what stays in float beside quantized
+    weights (norms, embeddings, the compute dtype of dequantized matmuls). fp16 on CUDA, fp32 elsewhere."""
+    return "fp16" if device == "cuda" else "fp32"
+
+
+def check_batch_size(batch_size, flag: str = "batch-size") -> int:
+    """Raise RecipeError (naming ``flag``) unless ``batch_size`` is an integer from 1 to MAX_BATCH_SIZE."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise RecipeError(flag, f"batch size must be an integer from 1 to {MAX_BATCH_SIZE}, got {batch_size!r}")
+    return batch_size
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How to generate one answer; part of every response-cache key."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0  # nucleus sampling mass; only used when sampling
+    seed: int | None = None  # a seeded request gives the same text whatever else is queued
+    ignore_eos: bool = False  # benchmarks: generate exactly max_new_tokens
+
+    def __post_init__(self):
+        n = self.max_new_tokens
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_NEW_TOKENS:
+            raise RecipeError("max-new-tokens", f"max new tokens must be an integer from 1 to {MAX_NEW_TOKENS}, "
+                                                f"got {n!r}")
+        if not 0.0 <= float(self.temperature) <= 5.0:
+            raise RecipeError("temperature",
+                              f"temperature must be between 0 and 5 (0 = greedy), got {self.temperature!r}")
+        if not 0.0 < float(self.top_p) <= 1.0:
+            raise RecipeError("top-p", f"top-p must be in (0, 1], got {self.top_p!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
+            raise RecipeError("seed", f"seed must be a non-negative integer, got {self.seed!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return float(self.temperature) == 0.0
+
+
 def model_label(model: str) -> str:
     if model == EMBEDDED:
         return "SmolLM2-135M-Instruct (embedded)"
     return model.rstrip("/").rsplit("/", 1)[-1] if model.startswith(("/", ".", "~")) else model
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    """How to make and heal a student. Everything but ``steps`` names the student; more steps resume it."""
+
+    layers_ratio: float = 0.3  # share of decoder layers removed from the teacher to initialise the student
+    channels_ratio: float = 0.0  # share of MLP channels removed as well
+    temperature: float = 2.0  # softens both distributions so the student learns the teacher's runner-ups
+    hidden_weight: float = 0.0  # weight of an MSE loss on the final hidden state (0 = logits only)
+    lr: float = 1e-4  # AdamW learning rate
+    batch_size: int = 4  # training sequences per step
+    seq_len: int = 160  # prompt + teacher answer, tokens
+    corpus_new_tokens: int = 112  # length of each teacher answer
+    samples_per_prompt: int = 1  # teacher answers per prompt (the prompt set has 128 prompts)
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0.0 <= self.layers_ratio <= 0.9 or not 0.0 <= self.channels_ratio <= 0.9:
+            raise RecipeError("prune-ratio", "student layer and channel ratios must be between 0 and 0.9")
+        if self.layers_ratio == 0 and self.channels_ratio == 0:
+            raise RecipeError("prune-ratio", "a student must be smaller than its teacher: set a layer or channel ratio")
+        if self.temperature <= 0 or self.lr <= 0 or self.batch_size < 1:
+            raise RecipeError("steps", "temperature, learning rate and batch size must be positive")

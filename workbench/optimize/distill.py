@@ -1,6 +1,6 @@
-"""Distilled variants: public teacher -> student pairs, and students built here.
+"""Building a distilled student here.
 
-A student built here starts as a structurally pruned copy of the teacher (fewer layers and/or narrower MLPs)
+A student starts as a structurally pruned copy of the teacher (fewer layers and/or narrower MLPs)
 and is healed by knowledge distillation: KL divergence between the teacher's and the student's
 temperature-softened next-token distributions, on text the teacher generates from the project's own prompts.
 Training checkpoints to the artifact cache (safetensors), so a run can stop and resume.
@@ -9,97 +9,27 @@ Training checkpoints to the artifact cache (safetensors), so a run can stop and 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, GenerationConfig
 
-from .. import cache, catalog, loading
-from ..recipe import PruneSpec, Recipe, RecipeError
+from .. import loading, store
+from ..conversation import encode_chat
+from ..progress import OnStep, no_step
+from ..recipe import DEFAULT_STUDENT_STEPS, PruneSpec, Recipe, RecipeError, StudentSpec
+from .prune import calibration_inputs, prune_
+from .variants import find_student, student_key, student_name
 
-OnStep = Callable[[int, int, dict], None]  # (step, total, metrics)
-DEFAULT_STEPS = 100  # a few minutes on a laptop CPU for the embedded model
 PROMPTS = Path(__file__).resolve().parents[2] / "assets" / "distill" / "prompts.txt"
-
-
-@dataclass(frozen=True)
-class StudentSpec:
-    """How to make and heal a student. Everything but ``steps`` names the student; more steps resume it."""
-
-    layers_ratio: float = 0.3  # share of decoder layers removed from the teacher to initialise the student
-    channels_ratio: float = 0.0  # share of MLP channels removed as well
-    temperature: float = 2.0  # softens both distributions so the student learns the teacher's runner-ups
-    hidden_weight: float = 0.0  # weight of an MSE loss on the final hidden state (0 = logits only)
-    lr: float = 1e-4
-    batch_size: int = 4
-    seq_len: int = 160  # prompt + teacher answer, tokens
-    corpus_new_tokens: int = 112  # length of each teacher answer
-    samples_per_prompt: int = 1  # teacher answers per prompt (the prompt set has 128 prompts)
-    seed: int = 0
-
-    def __post_init__(self):
-        if not 0.0 <= self.layers_ratio <= 0.9 or not 0.0 <= self.channels_ratio <= 0.9:
-            raise RecipeError("prune-ratio", "student layer and channel ratios must be between 0 and 0.9")
-        if self.layers_ratio == 0 and self.channels_ratio == 0:
-            raise RecipeError("prune-ratio", "a student must be smaller than its teacher: set a layer or channel ratio")
-        if self.temperature <= 0 or self.lr <= 0 or self.batch_size < 1:
-            raise RecipeError("steps", "temperature, learning rate and batch size must be positive")
-
-
-def student_name(model: str, spec: StudentSpec) -> str:
-    """Stable name of the student of ``model`` made by ``spec`` (the value of ``--variant``)."""
-    fields = {k: v for k, v in asdict(spec).items()}
-    digest = hashlib.sha256(json.dumps({"model": model, **fields}, sort_keys=True).encode()).hexdigest()[:8]
-    return f"student-{digest}"
-
-
-def student_key(model: str, name: str) -> str:
-    return Recipe(model=model, device="cpu", dtype="fp32", variant=name).key()
-
-
-def find_student(model: str, name: str) -> Path | None:
-    """The artifact directory of a finished student of ``model`` called ``name``, if one was built here."""
-    path = cache.artifact_path(student_key(model, name))
-    return path if cache.artifact_ready(path.name) and (path / "config.json").is_file() else None
-
-
-def list_students(model: str) -> list[dict]:
-    """Students built here for ``model``: name, steps, and the quality recorded when they were built."""
-    found = []
-    for meta_path in cache.artifacts_dir().glob("*/recipe.json"):
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
-            continue
-        student = meta.get("student")
-        if student and meta.get("recipe", {}).get("model") == model and (meta_path.parent / "config.json").is_file():
-            found.append({"name": meta["recipe"]["variant"], **student})
-    return sorted(found, key=lambda s: s["name"])
-
-
-def public_students(model: str) -> list[catalog.CatalogModel]:
-    """Public distilled students of ``model`` listed in the catalog."""
-    return [catalog.CatalogModel(s, s.rsplit("/", 1)[-1], f"distilled from {t}") for t, s in catalog.DISTILLED_PAIRS if t == model]
-
-
-def variant_source(model: str, variant: str) -> str:
-    """What to load for a recipe's variant: a student's artifact directory or a public student's hub id."""
-    built = find_student(model, variant)
-    if built is not None:
-        return str(built)
-    for teacher, student in catalog.DISTILLED_PAIRS:
-        if teacher == model and variant in (student, student.rsplit("/", 1)[-1]):
-            return student
-    names = [s["name"] for s in list_students(model)] + [s.model for s in public_students(model)]
-    hint = ", ".join(["none", *names]) if names else "none (build a student with `workbench distill`)"
-    raise RecipeError("variant", f"no variant {variant!r} for {model}; available: {hint}")
 
 
 # --- building a student ------------------------------------------------------------------------------------
@@ -108,7 +38,7 @@ def variant_source(model: str, variant: str) -> str:
 def distill(
     model: str,
     spec: StudentSpec = StudentSpec(),
-    steps: int = DEFAULT_STEPS,
+    steps: int = DEFAULT_STUDENT_STEPS,
     *,
     on_step: OnStep | None = None,
     checkpoint_every: int = 25,
@@ -129,7 +59,7 @@ def distill(
     """
     if steps < 1:
         raise RecipeError("steps", f"steps must be at least 1, got {steps}")
-    on_step = on_step or (lambda i, total, metrics: None)
+    on_step = on_step or no_step
     name = student_name(model, spec)
     key = student_key(model, name)
     done = find_student(model, name)
@@ -139,7 +69,7 @@ def distill(
     start = time.perf_counter()
     teacher, tokenizer, _ = loading.load(model)
     teacher.eval().requires_grad_(False)
-    work = cache.artifacts_dir() / f".{key}-work"
+    work = store.artifacts_dir() / f".{key}-work"
     work.mkdir(exist_ok=True)
     on_step(0, steps, {"stage": "teacher writes the training text"})
     if done is not None and not (work / "corpus.json").is_file() and (done / "corpus.json").is_file():
@@ -174,10 +104,6 @@ def _corpus(teacher, tokenizer, spec: StudentSpec, work: Path) -> list[list[int]
     path = work / "corpus.json"
     if path.is_file():
         return json.loads(path.read_text())
-    from transformers import GenerationConfig
-
-    from ..engine import encode_chat
-
     prompts = [p.strip() for p in PROMPTS.read_text().splitlines() if p.strip()]
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
@@ -190,7 +116,7 @@ def _corpus(teacher, tokenizer, spec: StudentSpec, work: Path) -> list[list[int]
     sequences = []
     for _ in range(spec.samples_per_prompt):
         for i in range(0, len(prompts), 16):
-            chunk = [encode_chat(tokenizer, [{"role": "user", "content": p}])[0].tolist() for p in prompts[i : i + 16]]
+            chunk = [encode_chat(tokenizer, [{"role": "user", "content": p}]) for p in prompts[i : i + 16]]
             width = max(map(len, chunk))
             ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(c)) + c for c in chunk])
             mask = (torch.arange(width).unsqueeze(0) >= torch.tensor([width - len(c) for c in chunk]).unsqueeze(1)).long()
@@ -207,15 +133,11 @@ def _corpus(teacher, tokenizer, spec: StudentSpec, work: Path) -> list[list[int]
 
 def _init_or_resume(teacher, tokenizer, spec: StudentSpec, work: Path, done: Path | None):
     """A checkpointed student if there is one (work dir, else the published artifact), else a pruned teacher."""
-    from transformers import AutoModelForCausalLM
-
     for source in (work / "checkpoint", done):
         if source is not None and (Path(source) / "config.json").is_file():
             state = json.loads((Path(source) / "progress.json").read_text())
             student = AutoModelForCausalLM.from_pretrained(source, dtype="float32")
             return student, state["steps"], state["losses"]
-    from .prune import calibration_inputs, prune_
-
     student = copy.deepcopy(teacher).requires_grad_(True)
     calibration = calibration_inputs(tokenizer)
     if spec.layers_ratio:
@@ -267,8 +189,6 @@ def kd_loss(student_logits, teacher_logits, mask, temperature: float) -> torch.T
 
 
 def _checkpoint(student, optimizer, step: int, losses: list[float], work: Path) -> None:
-    from safetensors.torch import save_file
-
     tmp = work / "checkpoint.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     student.save_pretrained(tmp, safe_serialization=True)
@@ -291,8 +211,6 @@ def _load_optimizer(optimizer, work: Path) -> None:
     path = work / "checkpoint" / "optimizer.safetensors"
     if not path.is_file():
         return
-    from safetensors.torch import load_file
-
     tensors = load_file(str(path))
     scalars = json.loads((work / "checkpoint" / "progress.json").read_text())["optimizer_scalars"]
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -305,7 +223,7 @@ def _load_optimizer(optimizer, work: Path) -> None:
 
 def _publish(model, name, key, student, tokenizer, spec, steps, losses, teacher, work: Path, seconds: float) -> Path:
     """Write the student as a finished artifact (replacing an older one with fewer steps)."""
-    final = cache.artifact_path(key)
+    final = store.artifact_path(key)
     old = final.with_name(final.name + ".old")
     if final.exists():
         final.rename(old)  # a resumed student supersedes the shorter one
@@ -330,7 +248,7 @@ def _publish(model, name, key, student, tokenizer, spec, steps, losses, teacher,
             shutil.copy(work / "corpus.json", tmp / "corpus.json")
 
     try:
-        path = cache.write_artifact(key, write, meta)
+        path = store.write_artifact(key, write, meta)
     except BaseException:
         if old.exists() and not final.exists():
             old.rename(final)

@@ -7,7 +7,7 @@ pruning really shrink the model (and its config, so it saves and reloads).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -54,36 +54,38 @@ def prunable_linears(model: nn.Module) -> dict[str, nn.Linear]:
     }
 
 
-@_handler("magnitude")
-def _unstructured(model: nn.Module, spec: PruneSpec, calibration) -> list[str]:
+def _importance(model: nn.Module, spec: PruneSpec, calibration) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Each prunable weight with the importance of its entries: |W|, or Wanda's |W|*||X|| (Sun et al., 2023)."""
     linears = prunable_linears(model)
     norms = _input_norms(model, linears, calibration) if spec.criterion == "wanda" else {}
     for name, lin in linears.items():
-        w = lin.weight
-        if spec.criterion == "wanda":
-            # Wanda: |W| * ||X||, compared within each output row (Sun et al., 2023).
-            score = w.abs().float() * norms[name].unsqueeze(0)
+        score = lin.weight.abs().float()
+        if name in norms:
+            score = score * norms[name].unsqueeze(0)
+        yield lin.weight, score
+
+
+@_handler("magnitude")
+def _unstructured(model: nn.Module, spec: PruneSpec, calibration) -> list[str]:
+    count = 0
+    for w, score in _importance(model, spec, calibration):
+        count += 1
+        if spec.criterion == "wanda":  # Wanda compares within each output row
             k = round(spec.ratio * w.shape[1])
             drop = torch.topk(score, k, dim=1, largest=False).indices
             w.scatter_(1, drop, 0.0)
         else:
             k = round(spec.ratio * w.numel())
-            drop = torch.topk(w.abs().flatten().float(), k, largest=False).indices
+            drop = torch.topk(score.flatten(), k, largest=False).indices
             w.view(-1)[drop] = 0.0
-    return [f"{spec.criterion} pruning zeroed {spec.ratio:.0%} of the weights of {len(linears)} Linear layers"]
+    return [f"{spec.criterion} pruning zeroed {spec.ratio:.0%} of the weights of {count} Linear layers"]
 
 
 @_handler("2:4")
 def _semi_structured(model: nn.Module, spec: PruneSpec, calibration) -> list[str]:
-    linears = prunable_linears(model)
-    norms = _input_norms(model, linears, calibration) if spec.criterion == "wanda" else {}
-    for name, lin in linears.items():
-        w = lin.weight
+    for w, score in _importance(model, spec, calibration):
         if w.shape[1] % 4:
             continue
-        score = w.abs().float()
-        if spec.criterion == "wanda":
-            score = score * norms[name].unsqueeze(0)
         groups = score.view(w.shape[0], -1, 4)  # (out, in/4, 4)
         drop = torch.topk(groups, 2, dim=-1, largest=False).indices
         mask = torch.ones_like(groups, dtype=torch.bool).scatter_(-1, drop, False)

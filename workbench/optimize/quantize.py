@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..recipe import FLOAT_DTYPES, RecipeError
+from ..devices import TORCH_DTYPES
+from ..recipe import FLOAT_DTYPES, RecipeError, working_precision
 
 EXCLUDE = ("lm_head", "*embed*")  # fnmatch patterns of Linear names kept in float
 
@@ -186,9 +187,9 @@ def _bnb(kind: str):
     def apply(model: nn.Module, device: str) -> None:
         import bitsandbytes as bnb
 
-        compute = torch.float16 if device == "cuda" else torch.float32
+        compute = TORCH_DTYPES[working_precision(device)]
         for parent, name, lin in target_linears(model):
-            weight = lin.weight.data.to("cpu", torch.float32 if device == "cpu" else torch.float16)
+            weight = lin.weight.data.to("cpu", compute)
             if kind == "int8":
                 new = bnb.nn.Linear8bitLt(lin.in_features, lin.out_features, bias=lin.bias is not None,
                                           has_fp16_weights=False, threshold=6.0)

@@ -9,10 +9,9 @@ from datetime import datetime
 import streamlit as st
 
 from .. import bench
-from ..engine import GenerationSettings, continuous_batching_problem
-from ..metrics import HistoryStore
-from ..recipe import Recipe
-from . import cached, charts, jobs, state, widgets
+from ..observe.history import HistoryStore
+from ..recipe import GenerationSettings, Recipe
+from . import charts, draw, jobs, shared, state
 
 REFRESH_S = 1.0  # how often a running sweep's progress is redrawn
 BATCH_CHOICES = (1, 2, 4, 8, 16, 32)
@@ -56,7 +55,7 @@ def sweep_settings(model) -> SweepSpec | None:
                                   help="Every answer is exactly this long (EOS ignored), so all do the same work.")
     runs = cols[3].number_input("Requests per user", 1, 10, 2, key=state.BENCH_RUNS,
                                 help=f"Measured requests per user, after {WARMUP} warm-up request each.")
-    problem = continuous_batching_problem(model)
+    problem = model.scheduler_problem("continuous")
     options = ["static"] if problem else ["static", "continuous"]
     schedulers = st.multiselect(
         "Schedulers", options, default=["static"], key=state.BENCH_SCHEDULERS, format_func=lambda s: s,
@@ -71,46 +70,46 @@ def sweep_settings(model) -> SweepSpec | None:
 
 
 def sweep_job(recipe: Recipe) -> jobs.Job | None:
-    return cached.job_registry().get(sweep_key(recipe))
+    return shared.job_registry().get(sweep_key(recipe))
 
 
-def sweep_controls(optimized, spec: SweepSpec | None, job: jobs.Job | None) -> jobs.Job | None:
+def sweep_controls(model, spec: SweepSpec | None, job: jobs.Job | None) -> jobs.Job | None:
     """The Run button (disabled while a sweep runs); returns the running or last job of this recipe."""
     running = job is not None and job.running
     button_col, note_col = st.columns([1, 3], vertical_alignment="center")
     if button_col.button("Run benchmark", icon=":material/speed:", type="primary", disabled=running or spec is None,
                          width="stretch"):
-        job = start_sweep(cached.job_registry(), optimized, spec)
+        job = start_sweep(shared.job_registry(), model, spec)
         st.rerun()  # redraw with the button disabled and the progress bar
     if spec is not None:
         note_col.caption(f"{spec.requests} requests of {spec.max_new_tokens} tokens in all ({WARMUP} warm-up per "
                          "user excluded from the figures). Anything else running here slows every figure alike.")
-    others = [j for j in cached.job_registry().running() if j.key != sweep_key(optimized.recipe)]
+    others = [j for j in shared.job_registry().running() if j.key != sweep_key(model.recipe)]
     if others:
         st.warning(f"{others[0].title} is running on this machine: figures measured now share the CPU with it.",
                    icon=":material/warning:")
     return job
 
 
-def start_sweep(registry: jobs.JobRegistry, optimized, spec: SweepSpec) -> jobs.Job:
+def start_sweep(registry: jobs.JobRegistry, model, spec: SweepSpec) -> jobs.Job:
     """Run the sweep on a background job; its result is the saved report (with ``name``)."""
 
     def work(job: jobs.Job) -> dict:
         settings = GenerationSettings(max_new_tokens=spec.max_new_tokens, ignore_eos=True)
         try:
-            entries = bench.sweep([optimized.recipe], spec.batch_sizes, settings, spec.runs, WARMUP, job.on_step,
-                                  concurrency=spec.concurrency, schedulers=spec.schedulers, optimized=optimized,
+            entries = bench.sweep([model.recipe], spec.batch_sizes, settings, spec.runs, WARMUP, job.on_step,
+                                  concurrency=spec.concurrency, schedulers=spec.schedulers, model=model,
                                   history=HistoryStore(), stop=lambda: job.stopping)
         except bench.BenchStopped:
             raise jobs.JobStopped() from None
         report = {"settings": {"max_new_tokens": spec.max_new_tokens, "ignore_eos": True}, "runs": spec.runs,
                   "warmup": WARMUP, "batch_sizes": list(spec.batch_sizes), "concurrency": spec.concurrency,
-                  "schedulers": list(spec.schedulers), "label": replace(optimized.recipe, batch_size=1).label(),
+                  "schedulers": list(spec.schedulers), "label": replace(model.recipe, batch_size=1).label(),
                   "results": entries}
         name = bench.save_sweep(report)
         return {"name": name, "saved_at": time.time(), **report}
 
-    return registry.start(sweep_key(optimized.recipe), work, title=f"Benchmarking {optimized.recipe.label()}")
+    return registry.start(sweep_key(model.recipe), work, title=f"Benchmarking {model.recipe.label()}")
 
 
 @st.fragment(run_every=REFRESH_S)
@@ -149,7 +148,7 @@ def sweep_result(report: dict) -> None:
     )
     for line in bench.tradeoff(report["results"]):
         st.markdown(f"- {line}")
-    widgets.draw_chart(st.empty(), charts.batching_figure(report["results"]), f"batching-{report.get('name', '')}")
+    draw.chart(st.empty(), charts.batching_figure(report["results"]), f"batching-{report.get('name', '')}")
     st.dataframe(result_rows(report["results"]), hide_index=True, width="stretch")
 
 

@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass
 
 from .. import bench, quality
-from ..engine import GenerationSettings
+from ..formats import human_bytes, human_count
+from ..recipe import GenerationSettings
 from .jobs import Job
-from .units import human_bytes, human_count
 
 RUNS = 3  # measured generations per model
 WARMUP = 1
@@ -29,7 +29,7 @@ SIDES = ("baseline", "recipe")
 # Measuring -------------------------------------------------------------------------------------------------
 
 
-def measure_pair(job: Job, optimized, baseline, quick: bool = False) -> dict:
+def measure_pair(job: Job, model, baseline, quick: bool = False) -> dict:
     """Decode speed, TTFT, perplexity, QA accuracy and agreement of a recipe's model and of its baseline.
 
     Speed comes from ``bench.run_bench`` (warm-up excluded, exactly ``MAX_NEW_TOKENS`` per run), quality
@@ -38,14 +38,14 @@ def measure_pair(job: Job, optimized, baseline, quick: bool = False) -> dict:
 
     Args:
         job: the job running this (progress and stop flag).
-        optimized: the recipe's ``OptimizedModel``.
-        baseline: the baseline's ``OptimizedModel`` (may be ``optimized`` itself: measured once).
+        model: the recipe's ``LoadedModel``.
+        baseline: the baseline's (may be ``model`` itself: measured once).
         quick: the first ``QUICK_QA`` questions and ``QUICK_PROMPTS`` prompts instead of all of them.
     """
     load_before = _load()
-    same = baseline is optimized or baseline.recipe == optimized.recipe
-    models = {"recipe": optimized} if same else {"baseline": baseline, "recipe": optimized}
-    speed = {side: _speed(job, side, model, list(models).index(side), len(models)) for side, model in models.items()}
+    same = baseline is model or baseline.recipe == model.recipe
+    models = {"recipe": model} if same else {"baseline": baseline, "recipe": model}
+    speed = {side: _speed(job, side, m, list(models).index(side), len(models)) for side, m in models.items()}
     qa = quality.load_qa()[:QUICK_QA] if quick else None
     prompts = quality.load_prompts()[:QUICK_PROMPTS] if quick else None
 
@@ -53,20 +53,20 @@ def measure_pair(job: Job, optimized, baseline, quick: bool = False) -> dict:
         job.check_stop()
         job.on_step(i, total, {**metrics, "phase": "quality", "text": _quality_text(metrics.get("stage", ""))})
 
-    report = quality.evaluate(optimized, baseline, max_tokens=PERPLEXITY_TOKENS, qa=qa, prompts=prompts,
+    report = quality.evaluate(model, baseline, max_tokens=PERPLEXITY_TOKENS, qa=qa, prompts=prompts,
                               on_step=on_quality)
     sides = {
-        "recipe": {**speed["recipe"], "weight_bytes": optimized.stats.weight_bytes,
+        "recipe": {**speed["recipe"], "weight_bytes": model.stats.weight_bytes,
                    "perplexity": report["perplexity"], "qa_accuracy": report["qa_accuracy"],
                    "agreement": report["agreement"]},
         "baseline": {**speed.get("baseline", speed["recipe"]), "weight_bytes": baseline.stats.weight_bytes,
                      **report["baseline"]},
     }
     return {
-        "recipe_key": optimized.recipe.key(),
-        "label": optimized.recipe.label(),
+        "recipe_key": model.recipe.key(),
+        "label": model.recipe.label(),
         "baseline_label": baseline.recipe.label(),
-        "device": optimized.recipe.device,
+        "device": model.recipe.device,
         "measured_at": time.time(),
         "load_before": load_before,  # 1-minute load average when the measurement started (None if unknown)
         "cpus": os.cpu_count(),
@@ -93,7 +93,7 @@ def _speed(job: Job, side: str, model, index: int, n_models: int) -> dict:
     job.check_stop()
     job.on_step(index * per_model, n_models * per_model, {"phase": "speed", "text": f"Speed of {name}: starting"})
     entry = bench.run_bench(model.recipe, GenerationSettings(max_new_tokens=MAX_NEW_TOKENS), runs=RUNS,
-                            warmup=WARMUP, on_step=on_run, optimized=model)
+                            warmup=WARMUP, on_step=on_run, model=model)
     return {
         "decode_tok_s": entry["decode_tok_s"]["median"],
         "decode_tok_s_range": (entry["decode_tok_s"]["min"], entry["decode_tok_s"]["max"]),
@@ -132,14 +132,14 @@ def _quality_text(stage: str) -> str:
 # Build figures ---------------------------------------------------------------------------------------------
 
 
-def build_rows(optimized, baseline) -> list[dict]:
+def build_rows(model, baseline) -> list[dict]:
     """Rows of the build table: parameters, non-zero parameters, weight bytes, build time, kernel path.
 
     Args:
-        optimized: the recipe's ``OptimizedModel``.
-        baseline: the baseline's ``OptimizedModel``.
+        model: the recipe's ``LoadedModel``.
+        baseline: the baseline's.
     """
-    mine, base = optimized.stats, baseline.stats
+    mine, base = model.stats, baseline.stats
     zeros = 1 - mine.nonzero_params / mine.params if mine.params else 0.0
     return [
         _row("Parameters", human_count(base.params), human_count(mine.params), _share(mine.params, base.params)),

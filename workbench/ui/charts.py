@@ -8,13 +8,15 @@ from datetime import datetime
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..latency import to_ms
+
 PALETTE = ("#3b5bdb", "#e8590c", "#2b8a3e", "#ae3ec9", "#c92a2a", "#1098ad", "#f08c00", "#5c940d")
 TTFT_COLOUR = "#e8590c"
 GAP_COLOUR = "#3b5bdb"
 _FONT = dict(size=12)
 
 
-def token_latencies_ms(token_times: list[float]) -> list[float]:
+def token_latenciesto_ms(token_times: list[float]) -> list[float]:
     """Latency of each generated token in ms: the first is TTFT, each later one the gap since the previous.
 
     Args:
@@ -33,7 +35,7 @@ def token_latency_figure(token_times: list[float], title: str = "Per-token laten
         token_times: seconds since request start, one per token so far.
         title: the chart title.
     """
-    latencies = token_latencies_ms(token_times)
+    latencies = token_latenciesto_ms(token_times)
     fig = go.Figure()
     if len(latencies) > 1:
         fig.add_trace(
@@ -70,7 +72,7 @@ def token_latency_figure(token_times: list[float], title: str = "Per-token laten
             )
         )
     else:
-        _empty_note(fig, "Send a message to see each token's latency")
+        empty_note(fig, "Send a message to see each token's latency")
     return _small_line_layout(fig, title, "token index", "latency (ms)")
 
 
@@ -95,27 +97,20 @@ def history_figure(rows: list[dict], title: str = "Request history") -> go.Figur
         marker = dict(color=colours[label], size=7, symbol="circle-open" if hit != "miss" else "circle")
         common = dict(mode="markers+lines", marker=marker, line=dict(width=1, color=colours[label]), name=name,
                       legendgroup=name, customdata=when)
-        ttft = [_ms(r.get("ttft_s")) for _, r in series]
+        ttft = [to_ms(r.get("ttft_s")) for _, r in series]
         tok_s = [r.get("decode_tok_s") for _, r in series]
         fig.add_trace(go.Scatter(x=x, y=ttft, hovertemplate="#%{x} at %{customdata}<br>TTFT %{y:.1f} ms<extra>"
                                  + name + "</extra>", **common), row=1, col=1)
         fig.add_trace(go.Scatter(x=x, y=tok_s, showlegend=False, hovertemplate="#%{x} at %{customdata}<br>"
                                  "%{y:.1f} tok/s<extra>" + name + "</extra>", **common), row=2, col=1)
     if not rows:
-        _empty_note(fig, "No requests recorded yet")
+        empty_note(fig, "No requests recorded yet")
     fig.update_yaxes(title_text="TTFT (ms)", rangemode="tozero", row=1, col=1)
     fig.update_yaxes(title_text="decode tok/s", rangemode="tozero", row=2, col=1)
     fig.update_xaxes(title_text="request #", row=2, col=1)
     if len(rows) <= 20:
         fig.update_xaxes(dtick=1)  # whole request numbers only; plotly would otherwise tick at 0.5
-    fig.update_layout(
-        title=dict(text=title, font=dict(size=14)),
-        height=420,
-        margin=dict(l=10, r=10, t=40, b=10),
-        legend=dict(orientation="h", yanchor="top", y=-0.18, x=0),
-        font=_FONT,
-    )
-    return fig
+    return layout(fig, title, 420, legend_y=-0.18)
 
 
 BETTER_COLOUR = "#2b8a3e"
@@ -150,21 +145,14 @@ def ratio_figure(ratios: list[dict], title: str = "This recipe ÷ baseline", ref
             hovertemplate="%{y}: %{x:.3f}× " + reference + "<extra></extra>",
         ))
     if not ratios:
-        _empty_note(fig, "Nothing measured yet")
+        empty_note(fig, "Nothing measured yet")
     fig.add_vline(x=1, line=dict(dash="dot", width=1.5, color="#495057"), annotation_text=f"{reference} = 1",
                   annotation_position="top", annotation_font=dict(size=11, color="#495057"))
     top = max([r["ratio"] for r in ratios] + [1.0])
-    fig.update_layout(
-        title=dict(text=title, font=dict(size=14)),
-        xaxis=dict(title=f"× {reference}", range=[0, top * 1.3], zeroline=True),
-        yaxis=dict(categoryorder="array", categoryarray=[r["name"] for r in reversed(ratios)], automargin=True),
-        barmode="overlay",
-        height=80 + 48 * max(len(ratios), 2),
-        margin=dict(l=10, r=30, t=50, b=10),
-        legend=dict(orientation="h", yanchor="top", y=-0.25, x=0),
-        font=_FONT,
-    )
-    return fig
+    return layout(fig, title, 80 + 48 * max(len(ratios), 2), top=50, right=30, legend_y=-0.25, barmode="overlay",
+                  xaxis=dict(title=f"× {reference}", range=[0, top * 1.3], zeroline=True),
+                  yaxis=dict(categoryorder="array", categoryarray=[r["name"] for r in reversed(ratios)],
+                             automargin=True))
 
 
 def distribution_figure(samples: dict[str, dict[str, list[float | None]]], measures: list[tuple[str, str]],
@@ -188,15 +176,8 @@ def distribution_figure(samples: dict[str, dict[str, list[float | None]]], measu
                           row=1, col=col)
             fig.update_yaxes(title_text=axis, rangemode="tozero", row=1, col=col)
     if not samples:
-        _empty_note(fig, "Nothing measured yet")
-    fig.update_layout(
-        title=dict(text=title, font=dict(size=14)),
-        height=360,
-        margin=dict(l=10, r=10, t=60, b=10),
-        legend=dict(orientation="h", yanchor="top", y=-0.12, x=0),
-        font=_FONT,
-    )
-    return fig
+        empty_note(fig, "Nothing measured yet")
+    return layout(fig, title, 360, top=60)
 
 
 def loss_figure(steps: list[int], losses: list[float], title: str = "Distillation loss") -> go.Figure:
@@ -213,7 +194,7 @@ def loss_figure(steps: list[int], losses: list[float], title: str = "Distillatio
                                  marker=dict(size=4, color=GAP_COLOUR), line=dict(width=1.5, color=GAP_COLOUR),
                                  name="loss", hovertemplate="step %{x}<br>loss %{y:.4f}<extra></extra>"))
     else:
-        _empty_note(fig, "The loss appears once training starts")
+        empty_note(fig, "The loss appears once training starts")
     return _small_line_layout(fig, title, "step", "KL divergence to the teacher")
 
 
@@ -253,17 +234,10 @@ def batching_figure(entries: list[dict], title: str = "Latency per request again
                 hovertemplate=f"{label}<br>%{{text}}<br>%{{x:.1f}} tok/s in all<br>%{{y:.0f}} ms<extra></extra>",
             ))
     if not fig.data:
-        _empty_note(fig, "Run a sweep to see the trade-off")
-    fig.update_layout(
-        title=dict(text=title, font=dict(size=14)),
-        xaxis=dict(title="aggregate throughput (new tokens / s, all users together)", rangemode="tozero"),
-        yaxis=dict(title="latency of one request (ms)", rangemode="tozero"),
-        height=440,
-        margin=dict(l=10, r=10, t=50, b=10),
-        legend=dict(orientation="h", yanchor="top", y=-0.18, x=0),
-        font=_FONT,
-    )
-    return fig
+        empty_note(fig, "Run a sweep to see the trade-off")
+    return layout(fig, title, 440, top=50, legend_y=-0.18,
+                  xaxis=dict(title="aggregate throughput (new tokens / s, all users together)", rangemode="tozero"),
+                  yaxis=dict(title="latency of one request (ms)", rangemode="tozero"))
 
 
 def _series(rows: list[dict]) -> dict[tuple[str, str], list[tuple[int, dict]]]:
@@ -275,25 +249,30 @@ def _series(rows: list[dict]) -> dict[tuple[str, str], list[tuple[int, dict]]]:
     return out
 
 
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else seconds * 1000
+def layout(fig: go.Figure, title: str, height: int, *, top: int = 40, right: int = 10, legend_y: float = -0.12,
+           **extra) -> go.Figure:
+    """What every chart's layout shares: its title, height, margins, a horizontal legend below it, the font.
+
+    Args:
+        fig: the figure.
+        title: the chart title.
+        height: pixels.
+        top, right: margins in pixels (room for a title, for bar labels).
+        legend_y: where the legend sits below the plot (a fraction of its height, negative).
+        **extra: further layout settings (axes, barmode, ...).
+    """
+    fig.update_layout(title=dict(text=title, font=dict(size=14)), height=height, font=_FONT,
+                      margin=dict(l=10, r=right, t=top, b=10),
+                      legend=dict(orientation="h", yanchor="top", y=legend_y, x=0), **extra)
+    return fig
 
 
 def _small_line_layout(fig: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure:
     """The layout of a small one-series chart (no legend, y from zero)."""
-    fig.update_layout(
-        title=dict(text=title, font=dict(size=14)),
-        xaxis_title=x_title,
-        yaxis_title=y_title,
-        yaxis=dict(rangemode="tozero"),
-        showlegend=False,
-        height=300,
-        margin=dict(l=10, r=10, t=40, b=10),
-        font=_FONT,
-    )
-    return fig
+    return layout(fig, title, 300, xaxis_title=x_title, yaxis_title=y_title, yaxis=dict(rangemode="tozero"),
+                  showlegend=False)
 
 
-def _empty_note(fig: go.Figure, text: str) -> None:
+def empty_note(fig: go.Figure, text: str) -> None:
     fig.add_annotation(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5,
                        font=dict(size=13, color="#868e96"))

@@ -15,9 +15,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from .. import quality
-from ..engine import Engine, GenerationResult, GenerationSettings, Request, TokenEvent
-from ..metrics import decode_tok_s, tpot
-from .units import human_bytes
+from ..formats import human_bytes
+from ..latency import decode_tok_s, tpot
+from ..recipe import GenerationSettings
+from ..serving.engine import Engine, Request
+from ..serving.results import GenerationResult, TokenEvent
 
 SIDES = ("a", "b")
 SEQUENTIAL, CONCURRENT = "sequential", "concurrent"
@@ -64,7 +66,7 @@ def live_metrics(token_times: Sequence[float]) -> dict:
 
 def reply(result: GenerationResult, engine: Engine | None = None) -> dict:
     """What a turn keeps of one side's answer: its text, figures, token times and ids, and the model's size."""
-    optimized = engine.optimized if engine is not None else None
+    model = engine.model if engine is not None else None
     return {
         "text": result.text,
         "metrics": result.metrics(),
@@ -72,9 +74,9 @@ def reply(result: GenerationResult, engine: Engine | None = None) -> dict:
         "token_ids": list(result.token_ids),
         "error": result.error,
         "recipe_key": result.recipe_key,
-        "label": optimized.recipe.label() if optimized else result.recipe_key,
-        "weight_bytes": optimized.stats.weight_bytes if optimized else None,
-        "backend": optimized.stats.backend if optimized else None,
+        "label": engine.recipe.label() if model else result.recipe_key,
+        "weight_bytes": model.stats.weight_bytes if model else None,
+        "backend": model.stats.backend if model else None,
     }
 
 
@@ -290,8 +292,8 @@ def run_prompt_set(
     load_before = load_average()
     for engine in engines:
         warm_up(engine)
-    sides = {side: {"label": e.optimized.recipe.label(), "recipe_key": e.optimized.recipe.key(),
-                    "weight_bytes": e.optimized.stats.weight_bytes, "token_ids": [],
+    sides = {side: {"label": e.recipe.label(), "recipe_key": e.recipe.key(),
+                    "weight_bytes": e.model.stats.weight_bytes, "token_ids": [],
                     **{m.key: [] for m in MEASURES}} for side, e in zip(SIDES, engines)}
     started = time.time()
     done = 0

@@ -10,9 +10,12 @@ import time
 import streamlit as st
 
 from .. import quality
-from ..engine import Engine, GenerationSettings, Request
-from . import cached, changes, charts, compare, jobs, state, widgets
-from .units import human_bytes, human_count
+from ..conversation import with_system_prompt
+from ..formats import human_bytes, human_count
+from ..recipe import GenerationSettings
+from ..serving.engine import Engine, Request
+from . import changes, charts, chat, compare, draw, jobs, recipe_form, shared, state
+from .model_loading import POLL_S
 
 PREFIXES = {"a": state.COMPARE_A, "b": state.COMPARE_B}
 NAMES = {"a": "A", "b": "B"}
@@ -39,9 +42,9 @@ def recipe_panes() -> dict[str, Engine | None]:
         with column, st.container(border=True):
             st.subheader(f"Recipe {NAMES[side]}")
             with st.expander(f"Change recipe {NAMES[side]}", icon=":material/tune:"):
-                recipe, problem, trust = widgets.recipe_controls(PREFIXES[side])
+                recipe, problem, trust = recipe_form.recipe_controls(PREFIXES[side])
             _save(PREFIXES[side])
-            slots[side] = None if recipe is None else cached.model_slot(recipe, trust)
+            slots[side] = None if recipe is None else shared.model_slot(recipe, trust)
             boxes[side] = st.empty()
             if problem:  # also outside the expander, which may be closed
                 boxes[side].error(f"Recipe {NAMES[side]} cannot run here: {problem}", icon=":material/block:")
@@ -73,7 +76,7 @@ def _seed_from_sidebar(overwrite: bool) -> None:
         return  # the widgets' own defaults
     trust = state.remote_code_allowed()
     for prefix, side_recipe in ((state.COMPARE_A, recipe.baseline()), (state.COMPARE_B, recipe)):
-        widgets.seed_controls(side_recipe, prefix, trust, overwrite=overwrite)
+        recipe_form.seed_controls(side_recipe, prefix, trust, overwrite=overwrite)
 
 
 def _save(prefix: str) -> None:
@@ -82,7 +85,7 @@ def _save(prefix: str) -> None:
     saved[prefix] = {k: v for k, v in st.session_state.items() if k.startswith(prefix + ".")}
 
 
-def _await_builds(slots: dict[str, cached.ModelSlot | None], boxes: dict) -> None:
+def _await_builds(slots: dict[str, shared.ModelSlot | None], boxes: dict) -> None:
     pending = {side: slot for side, slot in slots.items() if slot is not None and not slot.done}
     if not pending:
         return
@@ -90,23 +93,23 @@ def _await_builds(slots: dict[str, cached.ModelSlot | None], boxes: dict) -> Non
         for side, slot in pending.items():
             boxes[side].progress(slot.fraction, text=f"Building {slot.recipe.label()}: {slot.stage} — "
                                                      f"{slot.elapsed_s:.1f} s")
-        if all(slot.wait(widgets.POLL_S / len(pending)) for slot in pending.values()):
+        if all(slot.wait(POLL_S / len(pending)) for slot in pending.values()):
             break
     for side in pending:
         boxes[side].empty()
 
 
-def _pane_status(slot: cached.ModelSlot | None, box) -> Engine | None:
+def _pane_status(slot: shared.ModelSlot | None, box) -> Engine | None:
     if slot is None:
         return None  # the controls said why (no model entered, or a combination that cannot run)
     if slot.error:
         box.error(slot.error, icon=":material/error:")
         return None
     engine = slot.engine
-    if engine is None or engine.optimized is None:
+    if engine is None or engine.model is None:
         box.warning("This model was just unloaded to make room for another recipe; reload the page to rebuild it.")
         return None
-    stats = engine.optimized.stats
+    stats = engine.model.stats
     box.caption(f"**{slot.recipe.label()}** · {human_count(stats.params)} parameters · "
                 f"{human_bytes(stats.weight_bytes)} of weights · backend: {stats.backend} · "
                 f"built in {stats.build_s:.1f} s")
@@ -118,7 +121,7 @@ def _pane_status(slot: cached.ModelSlot | None, box) -> Engine | None:
 
 def run_settings() -> tuple[GenerationSettings | None, str]:
     """Generation settings shared by A and B, and the run order; a note on what each order means."""
-    settings = widgets.generation_settings()
+    settings = chat.generation_settings()
     mode = st.radio("Run order", list(MODES), key=state.COMPARE_MODE, format_func=MODES.get, horizontal=True)
     if mode == compare.SEQUENTIAL:
         st.caption("A answers first, then B: the two never share this machine's CPU cores while they are timed.")
@@ -177,7 +180,7 @@ def compare_turn(engines: dict[str, Engine], prompt: str, settings: GenerationSe
     stored = st.session_state.setdefault(state.COMPARE_TURNS, [])
     messages = {side: _messages(stored, side, prompt, keep) for side in compare.SIDES}
     turn = {"prompt": prompt, "mode": mode, "greedy": settings.greedy,
-            "labels": {side: engines[side].optimized.recipe.label() for side in compare.SIDES}}
+            "labels": {side: engines[side].recipe.label() for side in compare.SIDES}}
     stored.append(turn)
     done = threading.Event()
     st.session_state[state.COMPARE_TURN_DONE] = done
@@ -228,7 +231,7 @@ def _messages(stored: list[dict], side: str, prompt: str, keep: bool) -> list[di
                 history += [{"role": "user", "content": turn["prompt"]},
                             {"role": "assistant", "content": turn[side]["text"]}]
     history.append({"role": "user", "content": prompt})
-    return widgets.conversation(history, st.session_state.get(state.SYSTEM_PROMPT))
+    return with_system_prompt(history, st.session_state.get(state.SYSTEM_PROMPT))
 
 
 def _warm_up(engines: dict[str, Engine], panes: dict) -> None:
@@ -257,7 +260,7 @@ def _stream(handles: dict[str, Request], panes: dict[str, _Pane]) -> None:
     texts = {side: "" for side in sides}
     times: dict[str, list[float]] = {side: [] for side in sides}
     drawn_at = {side: 0.0 for side in sides}
-    for item in compare.merged_events([handles[side] for side in sides], widgets.POLL_S):
+    for item in compare.merged_events([handles[side] for side in sides], POLL_S):
         if item is None:  # every pass makes a Streamlit call: that is where a click interrupts this loop
             for side in sides:
                 if not times[side]:
@@ -270,8 +273,8 @@ def _stream(handles: dict[str, Request], panes: dict[str, _Pane]) -> None:
         pane = panes[side]
         pane.text.markdown(texts[side] + " ▌")
         _draw_figures(pane, compare.live_metrics(times[side]))
-        if time.monotonic() - drawn_at[side] >= widgets.CHART_EVERY_S:
-            widgets.draw_chart(pane.chart, charts.token_latency_figure(
+        if time.monotonic() - drawn_at[side] >= chat.CHART_EVERY_S:
+            draw.chart(pane.chart, charts.token_latency_figure(
                 times[side], f"{NAMES[side]}: per-token latency (streaming)"), next(pane.keys))
             drawn_at[side] = time.monotonic()
 
@@ -307,10 +310,10 @@ def _draw_final(pane: _Pane, answer: dict | None, key: str, charts_too: bool) ->
     if charts_too:
         _draw_figures(pane, answer["metrics"])
         title = f"{NAMES[pane.side]}: per-token latency"
-        widgets.draw_chart(pane.chart, charts.token_latency_figure(answer["token_times"], title),
+        draw.chart(pane.chart, charts.token_latency_figure(answer["token_times"], title),
                            f"compare-{pane.side}-{key}")
     if not answer.get("error"):
-        pane.footer.caption(widgets.format_metrics(answer["metrics"]))
+        pane.footer.caption(chat.format_metrics(answer["metrics"]))
 
 
 def show_summary(turn: dict) -> None:
@@ -345,7 +348,7 @@ def _summary_body(result: dict, of: str, key: str) -> None:
     st.caption("Speed-up = how many times faster B is: A's time ÷ B's for TTFT, TPOT and end to end, B's tok/s ÷ "
                "A's for decode speed. Agreement = share of A's generated tokens that B repeats at the same position.")
     with chart_col:
-        widgets.draw_chart(st.empty(), charts.ratio_figure(compare.speedup_bars(result), "Speed-up of B over A",
+        draw.chart(st.empty(), charts.ratio_figure(compare.speedup_bars(result), "Speed-up of B over A",
                                                            reference="A"), key)
 
 
@@ -353,7 +356,7 @@ def _summary_body(result: dict, of: str, key: str) -> None:
 
 
 def set_key(engines: dict[str, Engine]) -> str:
-    return "compare-set:" + ":".join(engines[side].optimized.recipe.key() for side in compare.SIDES)
+    return "compare-set:" + ":".join(engines[side].recipe.key() for side in compare.SIDES)
 
 
 def prompt_set(engines: dict[str, Engine | None], settings: GenerationSettings | None, mode: str) -> None:
@@ -369,7 +372,7 @@ def prompt_set(engines: dict[str, Engine | None], settings: GenerationSettings |
         st.info("Both recipes need a ready model (see above) to run the prompt set.")
         return
     key = set_key(engines)
-    registry = cached.job_registry()
+    registry = shared.job_registry()
     job = registry.get(key)
     results = st.session_state.setdefault(state.COMPARE_SET_RESULTS, {})
     if job is not None and job.done and isinstance(job.result, dict) and job.result.get("prompts"):
@@ -419,5 +422,5 @@ def show_set(result: dict) -> None:
     _summary_body(summary, ", median", "set-summary")
     samples = {NAMES[side]: {m.key: result[side][m.key] for m in compare.MEASURES} for side in compare.SIDES}
     measures = [(m.key, f"{m.name} ({m.unit})") for m in compare.DISTRIBUTIONS]
-    widgets.draw_chart(st.empty(), charts.distribution_figure(samples, measures, "Per prompt, per recipe"),
+    draw.chart(st.empty(), charts.distribution_figure(samples, measures, "Per prompt, per recipe"),
                        "set-distribution")

@@ -1,7 +1,7 @@
 """Long work on background threads (building a student, measuring a recipe), shared by every browser session.
 
 A Streamlit rerun ends the script that started it, so work that takes minutes runs on its own thread, owned
-by a ``JobRegistry`` that ``cached.job_registry`` keeps for the whole server; pages poll a ``Job`` to draw its
+by a ``JobRegistry`` that ``shared.job_registry`` keeps for the whole server; pages poll a ``Job`` to draw its
 progress. Nothing here touches Streamlit.
 """
 
@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..optimize import distill, variants
 from ..recipe import RecipeError
 
 log = logging.getLogger(__name__)
@@ -162,9 +163,7 @@ def start_distill(registry: JobRegistry, model: str, spec, steps: int) -> Job:
         spec: ``distill.StudentSpec``.
         steps: total optimisation steps wanted.
     """
-    from ..optimize import distill
-
-    name = distill.student_name(model, spec)
+    name = variants.student_name(model, spec)
 
     def work(job: Job) -> dict:
         return distill.distill(model, spec, steps, on_step=job.on_step, stop=lambda: job.stopping)

@@ -11,9 +11,13 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from .. import metrics
-from ..metrics import HistoryStore, MemorySampler, PrometheusExporter
-from . import monitor_charts, state, widgets
+from ..latency import summarize
+from ..observe import dashboard as queries
+from ..observe import listeners, prometheus
+from ..observe.dashboard import MemorySampler
+from ..observe.history import HistoryStore
+from ..observe.prometheus import PrometheusExporter
+from . import draw, monitor_charts, state
 
 WINDOWS = {"Last 15 minutes": 900, "Last hour": 3600, "Last 24 hours": 86400, "Last 7 days": 7 * 86400,
            "All time": None}
@@ -37,9 +41,9 @@ def metrics_exporter() -> ExporterHandle:
     ``WORKBENCH_METRICS_HOST``:``WORKBENCH_METRICS_PORT`` (default 127.0.0.1:9464). A port in use is a message,
     never an error: the app works without it."""
     exporter = PrometheusExporter()
-    metrics.add_listener(exporter.record)
+    listeners.add_listener(exporter.record)
     try:
-        host, port = metrics.exporter_address_from_env()
+        host, port = prometheus.exporter_address_from_env()
     except ValueError as exc:
         return ExporterHandle(exporter, problem=f"Prometheus metrics are not served: {exc}.")
     if port is None:
@@ -50,7 +54,7 @@ def metrics_exporter() -> ExporterHandle:
         reason = exc.strerror or str(exc)
         return ExporterHandle(exporter, problem=(
             f"Prometheus metrics are not served: cannot listen on {host}:{port} ({reason}); another program (or "
-            f"another copy of the app) probably uses that port. Start the app with {metrics.METRICS_PORT_ENV} set to "
+            f"another copy of the app) probably uses that port. Start the app with {prometheus.METRICS_PORT_ENV} set to "
             f"a free port, or 'off'. Everything else works; `workbench metrics-server --port N` can serve the "
             "same figures from the history."))
     return ExporterHandle(exporter, url=f"http://{host}:{server.server_address[1]}/metrics")
@@ -79,7 +83,7 @@ def exporter_status() -> None:
         st.caption(f"Prometheus scrapes this app at {handle.url} (requests since the app started); "
                    "`workbench metrics-server` serves the whole history, from every process.")
     else:
-        st.caption(f"The Prometheus exporter is off ({metrics.METRICS_PORT_ENV}=off).")
+        st.caption(f"The Prometheus exporter is off ({prometheus.METRICS_PORT_ENV}=off).")
 
 
 def history_rows(since: float | None = None) -> list[dict] | None:
@@ -110,7 +114,7 @@ class Filters:
 
 def filters(rows: list[dict]) -> Filters:
     """Recipe, origin and time-window filters, and the live-refresh switch."""
-    recipes = metrics.recipes_of(reversed(rows))  # newest first
+    recipes = queries.recipes_of(reversed(rows))  # newest first
     origins = [o for o in dict.fromkeys([*ORIGINS, *(r.get("origin") or "" for r in rows)]) if o]
     recipe_col, origin_col, window_col, live_col, every_col = st.columns([7, 4, 4, 2, 2], vertical_alignment="bottom")
     keys = recipe_col.multiselect("Recipes", list(recipes), key=state.MONITOR_RECIPES, placeholder="All recipes",
@@ -135,7 +139,7 @@ def _dashboard(f: Filters) -> None:
     rows = history_rows(since)
     if rows is None:
         return
-    rows = metrics.filter_rows(rows, f.recipe_keys or None, None, f.origins or None)
+    rows = queries.filter_rows(rows, f.recipe_keys or None, None, f.origins or None)
     samples = memory_sampler().sample()
     if not rows:
         st.info(f"No requests match these filters in the chosen window ({f.window.lower()}). Widen the time window "
@@ -145,14 +149,14 @@ def _dashboard(f: Filters) -> None:
         _charts(rows)
         _tables(rows)
         _exports(rows, f)
-    widgets.draw_chart(st.empty(), monitor_charts.memory_figure(samples), "monitor-memory")
+    draw.chart(st.empty(), monitor_charts.memory_figure(samples), "monitor-memory")
     st.caption(f"Updated {time.strftime('%H:%M:%S')}" + (f"; next in {f.refresh_s} s" if f.live else ""))
 
 
 def _headline(rows: list[dict], samples: list[tuple[float, float]]) -> None:
-    misses = [r for r in rows if not metrics.is_cache_hit(r)]
-    ttft = metrics.summarize(r.get("ttft_s") for r in misses)
-    hit_rate = metrics.cache_hit_rate(rows)
+    misses = [r for r in rows if not queries.is_cache_hit(r)]
+    ttft = summarize(r.get("ttft_s") for r in misses)
+    hit_rate = queries.cache_hit_rate(rows)
     cols = st.columns(5)
     cols[0].metric("Requests", f"{len(rows):,}")
     cols[1].metric("From the model", f"{len(misses):,}", help="Cache misses: the only requests in latency figures")
@@ -164,23 +168,23 @@ def _headline(rows: list[dict], samples: list[tuple[float, float]]) -> None:
 
 
 def _charts(rows: list[dict]) -> None:
-    widgets.draw_chart(st.empty(), monitor_charts.latency_over_time_figure(rows), "monitor-latency")
+    draw.chart(st.empty(), monitor_charts.latency_over_time_figure(rows), "monitor-latency")
     left, right = st.columns(2)
     with left:
-        widgets.draw_chart(st.empty(), monitor_charts.throughput_figure(metrics.throughput_series(rows), rows),
+        draw.chart(st.empty(), monitor_charts.throughput_figure(queries.throughput_series(rows), rows),
                            "monitor-throughput")
     with right:
-        widgets.draw_chart(st.empty(), monitor_charts.cache_figure(metrics.cache_table(rows)), "monitor-cache")
-    widgets.draw_chart(st.empty(), monitor_charts.histograms_figure(rows), "monitor-histograms")
+        draw.chart(st.empty(), monitor_charts.cache_figure(queries.cache_table(rows)), "monitor-cache")
+    draw.chart(st.empty(), monitor_charts.histograms_figure(rows), "monitor-histograms")
 
 
 def _tables(rows: list[dict]) -> None:
     st.subheader("Per recipe")
     st.caption("Milliseconds. Model rows count cache misses only; answers from the response cache are their own "
                "rows. ITL counts every gap between tokens, so its n is the number of gaps.")
-    table = pd.DataFrame(metrics.summary_table(rows))
+    table = pd.DataFrame(queries.summary_table(rows))
     table["recipe_key"] = table["recipe_key"].str[:8]
-    columns = {f"{k}_ms": st.column_config.NumberColumn(k, format="%.1f") for k in ("mean", *metrics.QUANTILES)}
+    columns = {f"{k}_ms": st.column_config.NumberColumn(k, format="%.1f") for k in ("mean", *queries.QUANTILES)}
     st.dataframe(table, hide_index=True, width="stretch", key="monitor-summary", height=35 * (len(table) + 1) + 3,
                  column_config={"recipe_key": "key", "n": st.column_config.NumberColumn("n", format="%d"), **columns})
 
@@ -188,9 +192,9 @@ def _tables(rows: list[dict]) -> None:
 def _exports(rows: list[dict], f: Filters) -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     csv_col, json_col, _ = st.columns([1, 1, 3])
-    csv_col.download_button("Export CSV", metrics.rows_csv(rows), f"workbench-requests-{stamp}.csv", "text/csv",
+    csv_col.download_button("Export CSV", queries.rows_csv(rows), f"workbench-requests-{stamp}.csv", "text/csv",
                             icon=":material/download:", key="monitor-csv", on_click="ignore")
-    payload = metrics.rows_json(rows, exported_at=time.time(), window=f.window, recipes=list(f.recipe_keys),
+    payload = queries.rows_json(rows, exported_at=time.time(), window=f.window, recipes=list(f.recipe_keys),
                                 origins=list(f.origins))
     json_col.download_button("Export JSON", payload, f"workbench-requests-{stamp}.json", "application/json",
                              icon=":material/download:", key="monitor-json", on_click="ignore")

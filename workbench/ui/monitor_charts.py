@@ -8,10 +8,10 @@ from datetime import datetime
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..metrics import is_cache_hit, recipe_name
-from .charts import PALETTE, _empty_note
+from ..observe.dashboard import is_cache_hit, recipe_name
+from ..latency import to_ms
+from .charts import PALETTE, empty_note, layout
 
-_FONT = dict(size=12)
 _LATENCY = (("ttft_s", "TTFT (ms)"), ("tpot_s", "TPOT (ms)"), ("e2e_s", "E2E (ms)"))
 
 
@@ -25,12 +25,6 @@ def recipe_colours(rows: list[dict]) -> dict[str, str]:
 
 def _when(epoch_s: float) -> datetime:
     return datetime.fromtimestamp(epoch_s)
-
-
-def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
-    fig.update_layout(title=dict(text=title, font=dict(size=14)), height=height, font=_FONT,
-                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", yanchor="top", y=-0.12, x=0))
-    return fig
 
 
 def latency_over_time_figure(rows: list[dict], title: str = "Latency over time") -> go.Figure:
@@ -52,7 +46,7 @@ def latency_over_time_figure(rows: list[dict], title: str = "Latency over time")
         for i, (field, axis) in enumerate(_LATENCY, start=1):
             if misses:
                 fig.add_trace(go.Scatter(
-                    x=[_when(r["started_at"]) for r in misses], y=[_ms(r.get(field)) for r in misses],
+                    x=[_when(r["started_at"]) for r in misses], y=[to_ms(r.get(field)) for r in misses],
                     mode="markers+lines", marker=dict(size=6, color=colour), line=dict(width=1, color=colour),
                     name=label, legendgroup=label, showlegend=i == 1,
                     hovertemplate="%{x|%H:%M:%S}<br>" + axis.split(" ")[0] + " %{y:.1f} ms<extra>" + label + "</extra>",
@@ -60,15 +54,15 @@ def latency_over_time_figure(rows: list[dict], title: str = "Latency over time")
         if hits:
             name = f"{label} (cache hit)"
             fig.add_trace(go.Scatter(
-                x=[_when(r["started_at"]) for r in hits], y=[_ms(r.get("e2e_s")) for r in hits], mode="markers",
+                x=[_when(r["started_at"]) for r in hits], y=[to_ms(r.get("e2e_s")) for r in hits], mode="markers",
                 marker=dict(size=8, color=colour, symbol="circle-open"), name=name, legendgroup=name,
                 hovertemplate="%{x|%H:%M:%S}<br>cache hit E2E %{y:.2f} ms<extra>" + label + "</extra>",
             ), row=3, col=1)
     if not rows:
-        _empty_note(fig, "No requests in this window")
+        empty_note(fig, "No requests in this window")
     for i, (_, axis) in enumerate(_LATENCY, start=1):
         fig.update_yaxes(title_text=axis, rangemode="tozero", row=i, col=1)
-    return _layout(fig, title, 620)
+    return layout(fig, title, 620)
 
 
 def throughput_figure(series: list[dict], rows: list[dict], title: str = "Model throughput") -> go.Figure:
@@ -92,9 +86,9 @@ def throughput_figure(series: list[dict], rows: list[dict], title: str = "Model 
     if series:
         title = f"{title} (tokens per second, {_span(series[0]['bucket_s'])} buckets by request end)"
     else:
-        _empty_note(fig, "No model requests in this window")
+        empty_note(fig, "No model requests in this window")
     fig.update_yaxes(title_text="tokens / s", rangemode="tozero")
-    return _layout(fig, title, 320)
+    return layout(fig, title, 320)
 
 
 def histograms_figure(rows: list[dict], title: str = "Distribution of model latency") -> go.Figure:
@@ -110,17 +104,17 @@ def histograms_figure(rows: list[dict], title: str = "Distribution of model late
     for label, colour in colours.items():
         mine = [r for r in misses if recipe_name(r) == label]
         for i, (field, _) in enumerate(_LATENCY, start=1):
-            values = [_ms(r.get(field)) for r in mine if r.get(field) is not None]
+            values = [to_ms(r.get(field)) for r in mine if r.get(field) is not None]
             if values:
                 fig.add_trace(go.Histogram(x=values, name=label, legendgroup=label, showlegend=i == 1, opacity=0.6,
                                            marker=dict(color=colour), nbinsx=30,
                                            hovertemplate="%{x} ms: %{y} requests<extra>" + label + "</extra>"),
                               row=1, col=i)
     if not misses:
-        _empty_note(fig, "No model requests in this window")
+        empty_note(fig, "No model requests in this window")
     fig.update_layout(barmode="overlay")
     fig.update_yaxes(title_text="requests", row=1, col=1)
-    _layout(fig, title, 340)
+    layout(fig, title, 340)
     fig.update_layout(margin=dict(t=70))  # room for the subplot titles under the chart title
     return fig
 
@@ -142,9 +136,9 @@ def cache_figure(cache_rows: list[dict], title: str = "Where answers came from (
         fig.add_annotation(y=c["recipe"], x=c["requests"], text=f"hit rate {c['hit_rate']:.0%}", showarrow=False,
                            xanchor="left", xshift=6, font=dict(size=11, color="#495057"))
     if not cache_rows:
-        _empty_note(fig, "No requests in this window")
+        empty_note(fig, "No requests in this window")
     fig.update_layout(barmode="stack", xaxis=dict(rangemode="tozero"), yaxis=dict(automargin=True))
-    return _layout(fig, title, 120 + 40 * max(len(cache_rows), 2))
+    return layout(fig, title, 120 + 40 * max(len(cache_rows), 2))
 
 
 def memory_figure(samples: list[tuple[float, float]], title: str = "Memory of the app's process") -> go.Figure:
@@ -160,14 +154,10 @@ def memory_figure(samples: list[tuple[float, float]], title: str = "Memory of th
                                  line=dict(width=1.5, color=PALETTE[0]), name="RSS", fill="tozeroy",
                                  hovertemplate="%{x|%H:%M:%S}<br>%{y:.0f} MB<extra></extra>"))
     else:
-        _empty_note(fig, "No memory readings yet")
+        empty_note(fig, "No memory readings yet")
     fig.update_yaxes(title_text="RSS (MB)", rangemode="tozero")
     fig.update_layout(showlegend=False)
-    return _layout(fig, title, 260)
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else seconds * 1000
+    return layout(fig, title, 260)
 
 
 def _span(seconds: float) -> str:

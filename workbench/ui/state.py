@@ -6,6 +6,8 @@ import threading
 
 import streamlit as st
 
+from ..response_cache.keys import DEFAULT_THRESHOLD, CachePolicy
+
 # Recipe sidebar widgets (rendered by app.py on every page, so their values persist across pages). Another set
 # of recipe controls uses the same names under its own prefix (see widget_key).
 RECIPE_PREFIX = "recipe"
@@ -27,7 +29,7 @@ RECIPE_ERROR = "recipe.error"  # why the sidebar's choices cannot be built here,
 REMOTE_CODE_ALLOWED = "recipe.remote_code_allowed"  # the checkbox, counted only for hub ids
 
 # Chat page.
-MESSAGES = "chat.messages"  # list of message dicts, see widgets.assistant_message
+MESSAGES = "chat.messages"  # list of message dicts, see chat.assistant_message
 SYSTEM_PROMPT = "chat.system_prompt"
 MAX_NEW_TOKENS = "chat.max_new_tokens"
 TEMPERATURE = "chat.temperature"
@@ -48,7 +50,7 @@ CACHE_CLEAR = "cache.clear"  # the Clear cache button
 CACHE_STATS_BOX = "cache.stats_box"  # this run's placeholder of the stats, redrawn after a reply
 
 # What changed page.
-MEASUREMENTS = "changes.measurements"  # recipe key -> the result of measure.measure_pair
+MEASUREMENTS = "changes.measurements"  # recipe key -> the result of changes.measure_pair
 QUICK_MEASURE = "changes.quick"
 
 # Build a student page.
@@ -144,8 +146,6 @@ def remote_code_allowed() -> bool:
 
 def cache_policy():
     """How this session's chat uses the response cache (the sidebar's choices; defaults before it draws)."""
-    from ..cache import DEFAULT_THRESHOLD, CachePolicy
-
     ttl_min = st.session_state.get(CACHE_TTL_MIN) or 0
     return CachePolicy(
         enabled=bool(st.session_state.get(CACHE_ENABLED, True)),

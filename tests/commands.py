@@ -1,0 +1,22 @@
+"""Running the ``workbench`` command as a user would: in this process, or as ``python -m workbench``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from workbench.cli.main import main
+
+
+def run_cli(capsys, *argv):
+    """``workbench ARGV`` in this process: (exit status, stdout, stderr)."""
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_module(*argv, env=None, timeout=600):
+    """``python -m workbench ARGV`` in a child process."""
+    return subprocess.run([sys.executable, "-m", "workbench", *map(str, argv)], capture_output=True, text=True,
+                          timeout=timeout, env=env or os.environ.copy())

@@ -1,0 +1,126 @@
+"""Distillation on a tiny teacher: the loss, a student that builds, checkpoints, resumes and loads as a variant."""
+
+import json
+
+import pytest
+import torch
+
+from workbench import runtimes, store
+from workbench.optimize.distill import PROMPTS, distill, kd_loss
+from workbench.optimize.variants import find_student, list_students, student_name, variant_source
+from workbench.recipe import GenerationSettings, Recipe, RecipeError, StudentSpec
+from workbench.serving.engine import Engine
+
+SPEC = StudentSpec(layers_ratio=0.5, lr=1e-3, batch_size=2, seq_len=48, corpus_new_tokens=16, samples_per_prompt=1)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    from tiny import make_model, make_tokenizer
+
+    path = tmp_path_factory.mktemp("teacher")
+    tok = make_tokenizer()
+    make_model(tok, layers=4, init_range=0.02).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_kd_loss_is_zero_for_equal_logits_and_positive_otherwise():
+    torch.manual_seed(0)
+    t = torch.randn(2, 5, 11)
+    mask = torch.ones(2, 5)
+    assert kd_loss(t, t, mask, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+    s = torch.randn(2, 5, 11, requires_grad=True)
+    loss = kd_loss(s, t, mask, 2.0)
+    loss.backward()
+    assert loss.item() > 0 and s.grad.abs().sum() > 0
+    # Masked positions do not count.
+    mask[:, 3:] = 0
+    s2 = s.detach().clone()
+    s2[:, 3:] = t[:, 3:] + 100
+    assert kd_loss(s2, t, mask, 2.0).item() == pytest.approx(kd_loss(s2[:, :3], t[:, :3], mask[:, :3], 2.0).item())
+
+
+def test_student_builds_resumes_and_loads_as_a_variant(teacher_dir):
+    model = str(teacher_dir)
+    seen = []
+    first = distill(model, SPEC, steps=4, checkpoint_every=2, on_step=lambda i, n, m: seen.append((i, n, m)))
+    name = student_name(model, SPEC)
+    assert first["name"] == name and first["steps"] == 4
+    assert [i for i, _, m in seen if m["stage"] == "distilling"] == [1, 2, 3, 4]
+    assert all("loss" in m and "eta_s" in m for _, _, m in seen if m["stage"] == "distilling")
+    path = find_student(model, name)
+    assert path is not None and (path / "model.safetensors").is_file()
+    assert not list(path.glob("*.bin")) and not list(path.glob("*.pt"))
+    config = json.loads((path / "config.json").read_text())
+    assert config["num_hidden_layers"] == 2  # half of the teacher's 4 layers
+    assert first["params"] < first["teacher_params"]
+
+    # Asking for the same steps again trains nothing; asking for more resumes from step 4.
+    assert distill(model, SPEC, steps=4)["steps"] == 4
+    resumed = []
+    second = distill(model, SPEC, steps=6, on_step=lambda i, n, m: resumed.append(i))
+    assert second["steps"] == 6 and [i for i in resumed if i] == [5, 6]
+    losses = json.loads((find_student(model, name) / "progress.json").read_text())["losses"]
+    assert len(losses) == 6
+
+    assert [s["name"] for s in list_students(model)] == [name]
+    student = runtimes.build(Recipe(model=model, device="cpu", variant=name))
+    assert student.stats.params == second["params"]
+    eng = Engine(student)
+    try:
+        assert eng.generate("Hi", GenerationSettings(max_new_tokens=3, ignore_eos=True)).new_tokens == 3
+    finally:
+        eng.close()
+
+
+def test_stop_checkpoints_and_a_later_run_resumes(teacher_dir):
+    model = str(teacher_dir)
+    spec = StudentSpec(layers_ratio=0.25, lr=1e-3, batch_size=2, seq_len=48, corpus_new_tokens=16, samples_per_prompt=1)
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] >= 2
+
+    out = distill(model, spec, steps=10, checkpoint_every=100, stop=stop)
+    assert out["steps"] < 10
+    again = distill(model, spec, steps=out["steps"] + 2)
+    assert again["steps"] == out["steps"] + 2
+
+
+def test_unknown_variant_lists_what_exists(teacher_dir):
+    with pytest.raises(RecipeError) as err:
+        variant_source(str(teacher_dir), "student-doesnotexist")
+    assert err.value.field == "variant" and "available" in str(err.value)
+
+
+def test_public_pair_resolves_to_the_student_hub_id():
+    assert variant_source("gpt2", "distilgpt2") == "distilgpt2"
+    assert variant_source("HuggingFaceTB/SmolLM2-360M-Instruct", "SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_student_spec_validation():
+    with pytest.raises(RecipeError):
+        StudentSpec(layers_ratio=0, channels_ratio=0)
+    with pytest.raises(RecipeError):
+        StudentSpec(layers_ratio=0.95)
+
+
+def test_artifacts_are_written_atomically(teacher_dir):
+    assert not [p for p in store.artifacts_dir().iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_training_prompts_hold_none_of_the_evaluation_questions():
+    """The student is scored on assets/eval; it must never be trained on those questions."""
+    from workbench import quality
+
+    def norm(text: str) -> str:
+        return " ".join(text.lower().replace("color", "colour").strip(" ?.!").split())
+
+    training = {norm(line) for line in PROMPTS.read_text().splitlines() if line.strip()}
+    questions = {norm(item["question"]) for item in quality.load_qa()}
+    prompts = {norm(p) for p in quality.load_prompts()}
+    assert len(training) >= 100
+    assert not training & questions
+    assert not training & prompts

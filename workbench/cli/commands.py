@@ -1,0 +1,393 @@
+"""The ``workbench`` subcommands: each turns its flags into the library's objects, runs, and prints.
+
+``generate`` answers one prompt (from the response cache when it can, without building the model), ``bench``
+measures a recipe at several batch sizes, ``eval`` measures quality against the baseline, ``distill`` builds a
+student, ``cache`` shows or clears the response cache, ``metrics-server`` serves the history to Prometheus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import shlex
+import signal
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, replace
+
+from .. import bench, loading, quality, runtimes
+from ..observe.history import HistoryStore
+from ..observe.prometheus import HistoryFollower, PrometheusExporter
+from ..optimize import distill as distillation
+from ..optimize.variants import student_name
+from ..recipe import (DEFAULT_STUDENT_STEPS, GenerationSettings, PruneSpec, Recipe, RecipeError, StudentSpec,
+                      check_batch_size)
+from ..response_cache.answers import CachedAnswers, ReplayRequest
+from ..response_cache.disk import ResponseCache
+from ..response_cache.keys import DEFAULT_THRESHOLD, CachePolicy
+from ..serving.engine import Engine
+from ..serving.options import check_scheduler
+from . import output
+from .parser import (MODEL_SOURCES, PROG, STUDENT_FLAGS, Failed, UsageError, default, max_new_tokens_default,
+                     student_dest)
+
+
+# Flags -> library objects -------------------------------------------------------------------------------------
+
+
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    """The Recipe the flags describe (device not yet resolved); raises RecipeError naming the flag."""
+    return Recipe(
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        backend=args.backend,
+        prune=PruneSpec(args.prune_method, args.prune_ratio, args.prune_criterion),
+        variant=args.variant,
+        batch_size=args.batch_size,
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
+    """GenerationSettings from the flags; raises RecipeError naming the flag."""
+    max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else max_new_tokens_default(args.command)
+    return GenerationSettings(
+        max_new_tokens=max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        ignore_eos=args.command == "bench",
+    )
+
+
+def spec_from_args(args: argparse.Namespace) -> StudentSpec:
+    """The StudentSpec the flags describe (the dataclass's defaults for flags not given)."""
+    given = {field: getattr(args, student_dest(field)) for field in STUDENT_FLAGS
+             if getattr(args, student_dest(field)) is not None}
+    if given.get("layers_ratio", default(StudentSpec, "layers_ratio")) == 0 and not given.get("channels_ratio"):
+        raise RecipeError("layers-ratio", "a student must be smaller than its teacher: set --layers-ratio or "
+                                          "--channels-ratio above 0")
+    try:
+        return StudentSpec(**given)
+    except RecipeError as exc:  # the library names its own fields; say which flags set them
+        raise RecipeError("layers-ratio" if exc.field == "prune-ratio" else exc.field, str(exc)) from None
+
+
+def check_buildable(recipe: Recipe) -> Recipe:
+    """Every cheap check of a recipe, before anything is loaded, so a bad flag fails in a second.
+
+    Returns the recipe with device and backend resolved. Raises RecipeError or ModelSourceError.
+    """
+    resolved = runtimes.check(recipe)
+    check_batch_size(resolved.batch_size)
+    try:
+        loading.resolve_source(resolved.model)
+    except loading.ModelSourceError as exc:
+        raise loading.ModelSourceError(f"{exc}; {MODEL_SOURCES}") from None
+    return resolved
+
+
+def history() -> HistoryStore | None:
+    """The request history, or None (with a warning) if it cannot be opened: answers matter more."""
+    try:
+        return HistoryStore()
+    except (OSError, sqlite3.Error) as exc:
+        output.warn(f"request history not recorded: {exc}")
+        return None
+
+
+# generate ---------------------------------------------------------------------------------------------------
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """``workbench generate``: answer one prompt (from the response cache when it can, without building the
+    model), print the answer and its metrics."""
+    if not args.prompt.strip():
+        raise UsageError("--prompt: the prompt is empty; give the text to answer")
+    settings = settings_from_args(args)
+    recipe = check_buildable(recipe_from_args(args))
+    messages = [{"role": "user", "content": args.prompt}]
+    answers = _cached_answers(args, settings)
+    hit = answers.lookup(recipe, messages, settings)
+    if answers.notice:
+        output.warn(answers.notice)
+    if hit is not None and hit.entry.get("model"):
+        result = output.answer(ReplayRequest(hit, recipe, settings, "cli", history()), stream=not args.json)
+        print(json.dumps(output.hit_report(recipe, settings, result, hit), indent=2) if args.json
+              else f"\n[{output.hit_line(result, hit)}]")
+        return 0
+    model = runtimes.build(recipe, trust_remote_code=args.trust_remote_code, on_stage=output.print_build_stage)
+    engine = Engine(model, history())
+    try:
+        request = answers.ask(engine, messages, settings, "cli", lookup=False)
+        result = output.answer(request, stream=not args.json)
+    finally:
+        engine.close()
+        model.close()
+    if result.error:
+        raise Failed(f"generation failed: {result.error}")
+    print(json.dumps(output.generate_report(model, settings, result), indent=2) if args.json
+          else f"\n[{output.metrics_line(result, model.stats.backend)}]")
+    return 0
+
+
+def _cached_answers(args: argparse.Namespace, settings: GenerationSettings) -> CachedAnswers:
+    """How ``generate`` uses the response cache, from its flags; warnings go to stderr."""
+    policy = CachePolicy(
+        enabled=not args.no_cache, semantic=args.semantic, cache_sampled=args.cache_sampled, ttl_s=args.cache_ttl,
+        threshold=args.similarity if args.similarity is not None else DEFAULT_THRESHOLD,
+    )
+    if not policy.applies_to(settings):
+        return CachedAnswers(None, policy)
+    responses = ResponseCache()
+    if responses.problem:
+        output.warn(responses.problem)
+    return CachedAnswers(responses if responses.available else None, policy)
+
+
+# cache ------------------------------------------------------------------------------------------------------
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """``workbench cache stats|clear``: the response cache's entries, size, hit rate and time saved; or empty it."""
+    responses = ResponseCache()
+    if responses.problem:
+        output.warn(responses.problem)
+    if args.action == "clear":
+        removed = responses.clear()
+        report = {"cleared": removed, **responses.stats()}
+        print(json.dumps(report, indent=2) if args.json else f"removed {removed} cached answers from "
+                                                              f"{report['directory']}")
+    else:
+        report = responses.stats()
+        print(json.dumps(report, indent=2) if args.json else output.cache_stats_text(report))
+    status = 0 if responses.available else 1
+    responses.close()
+    return status
+
+
+# bench ------------------------------------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``workbench bench``: measure the recipe at each batch size; print a table or JSON."""
+    settings = settings_from_args(args)
+    recipe = check_buildable(recipe_from_args(args))
+    batch_sizes = args.batch_sizes or [recipe.batch_size]
+    for batch_size in batch_sizes:
+        check_batch_size(batch_size, flag="batch-sizes")
+    for scheduler in args.schedulers:
+        check_scheduler(scheduler, flag="schedulers")
+    concurrency = args.concurrency or max(batch_sizes)
+    bench.check_concurrency(concurrency)
+    window_s = None if args.batch_window_ms is None else args.batch_window_ms / 1000
+    evaluate = None
+    if args.eval:
+        def evaluate(model):
+            return quality_of(model, args.max_eval_tokens, args.qa_limit, output.StepPrinter("eval"))
+
+    try:
+        entries = bench.sweep(
+            [recipe], batch_sizes, settings, args.runs, args.warmup, output.print_run,
+            history=history(), trust_remote_code=args.trust_remote_code, on_build=output.print_build_stage,
+            evaluate=evaluate, concurrency=concurrency, schedulers=args.schedulers, batch_window_s=window_s,
+        )
+    except bench.BenchError as exc:
+        raise Failed(str(exc)) from None
+    report = {"settings": asdict(settings), "runs": args.runs, "warmup": args.warmup,
+              "batch_sizes": batch_sizes, "concurrency": concurrency, "schedulers": args.schedulers,
+              "results": entries}
+    if args.eval:
+        report["quality_settings"] = _quality_settings(args)
+    if len(entries) > 1 or concurrency > 1:
+        try:
+            bench.save_sweep(report)  # the Benchmark page lists it among the earlier sweeps
+        except OSError:
+            pass
+    print(json.dumps(report, indent=2) if args.json else output.bench_table(entries))
+    return 0
+
+
+# eval -------------------------------------------------------------------------------------------------------
+
+QUALITY_KEYS = ("perplexity", "qa_accuracy", "qa_correct", "qa_n", "eval_tokens")
+
+
+def quality_of(model, max_eval_tokens: int | None, qa_limit: int | None, on_step=None) -> dict:
+    """Perplexity and QA accuracy of one built model (no baseline): ``{perplexity, qa_accuracy, qa_correct,
+    qa_n, eval_tokens}``."""
+    items = quality.load_qa()[:qa_limit] if qa_limit else None
+    report = quality.evaluate(model, None, max_tokens=max_eval_tokens, qa=items, on_step=on_step)
+    return {k: report[k] for k in QUALITY_KEYS}
+
+
+def _quality_settings(args: argparse.Namespace) -> dict:
+    return {"max_eval_tokens": args.max_eval_tokens, "qa_limit": args.qa_limit}
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``workbench eval``: perplexity, agreement with the baseline recipe and QA accuracy, of both.
+
+    The baseline is built and measured first, then freed, then the recipe: never two models in memory.
+    A recipe that is its own baseline is measured once (agreement 1.0).
+    """
+    recipe = check_buildable(recipe_from_args(args))
+    baseline = recipe.baseline()
+    check_buildable(baseline)
+    prompts = quality.load_prompts()
+    start = time.perf_counter()
+    measured = {}
+    for who, r in ([("recipe", recipe)] if recipe == baseline else [("baseline", baseline), ("recipe", recipe)]):
+        model = runtimes.build(r, trust_remote_code=args.trust_remote_code, on_stage=output.build_stages(who))
+        measured[who] = _eval_one(model, args, prompts, output.StepPrinter(who))
+        model.close()
+        del model
+        gc.collect()  # free this model before the next one is built: never two in memory
+    own = measured["recipe"]
+    base = measured.get("baseline", own)
+    report = {
+        **_without_tokens(own),
+        "agreement": quality.agreement(own["tokens"], base["tokens"]) if base is not own else 1.0,
+        "baseline": {**_without_tokens(base), "agreement": 1.0},
+        "settings": {**_quality_settings(args), "agreement_tokens": args.agreement_tokens,
+                     "agreement_prompts": len(prompts)},
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    print(json.dumps(report, indent=2) if args.json else output.eval_table(report))
+    return 0
+
+
+def _eval_one(model, args: argparse.Namespace, prompts: list[str], progress: output.StepPrinter) -> dict:
+    """Quality of one built model, plus its greedy tokens on the agreement prompts."""
+    measured = quality_of(model, args.max_eval_tokens, args.qa_limit, progress)
+    tokens = quality.greedy_tokens(model, prompts, args.agreement_tokens,
+                                   on_step=lambda i, n, m: progress(i, n, {"stage": "agreement", **m}))
+    recipe = model.recipe
+    return {"recipe": recipe.to_dict(), "recipe_key": recipe.key(), "label": recipe.label(), **measured,
+            "model": model.stats.to_dict(), "tokens": tokens}
+
+
+def _without_tokens(measured: dict) -> dict:
+    return {k: v for k, v in measured.items() if k != "tokens"}
+
+
+# distill ----------------------------------------------------------------------------------------------------
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    """``workbench distill``: build or resume a student of --model, then measure it and its teacher.
+
+    Ctrl-C asks the training loop to stop after the current step; it saves a checkpoint that the same
+    command resumes. A second Ctrl-C quits at once (back to the last periodic checkpoint).
+    """
+    if args.variant != "none":
+        raise UsageError("--variant: distill builds a new student of --model; leave --variant out "
+                         "(give the student's name to --variant of the other commands)")
+    recipe = check_buildable(recipe_from_args(args))
+    spec = spec_from_args(args)
+    steps = args.steps or DEFAULT_STUDENT_STEPS
+    name = student_name(recipe.model, spec)
+    output.say(f"student {name} of {recipe.model}: {steps} steps")
+    try:
+        with _StopOnInterrupt() as interrupt:
+            result = distillation.distill(recipe.model, spec, steps, on_step=output.StepPrinter("distill"),
+                                          stop=interrupt)
+    except KeyboardInterrupt:
+        output.say(f"interrupted; {_resume_hint(args)} (from its last checkpoint)")
+        return 130
+    stopped = result["steps"] < steps
+    report = {**result, "requested_steps": steps, "stopped": stopped, "spec": asdict(spec),
+              "student": None, "teacher": None, "variant_flag": f"--variant {result['name']}"}
+    if stopped:
+        output.say(f"stopped at step {result['steps']} of {steps}; {_resume_hint(args)}")
+    if not (args.no_eval or interrupt.requested):
+        student_recipe = replace(recipe, variant=result["name"])
+        report["student"] = _quality_of_recipe(student_recipe, "student", args)
+        report["teacher"] = _quality_of_recipe(recipe.baseline(), "teacher", args)
+        report["quality_settings"] = _quality_settings(args)
+    print(json.dumps(report, indent=2) if args.json else output.distill_text(report))
+    return 130 if interrupt.requested else 0
+
+
+def _quality_of_recipe(recipe: Recipe, who: str, args: argparse.Namespace) -> dict:
+    """Build a recipe, measure its quality, free it."""
+    model = runtimes.build(recipe, trust_remote_code=args.trust_remote_code, on_stage=output.build_stages(who))
+    measured = {"recipe": recipe.to_dict(), **quality_of(model, args.max_eval_tokens, args.qa_limit,
+                                                         output.StepPrinter(who))}
+    model.close()
+    del model
+    gc.collect()
+    return measured
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    return f"run the same command to resume: {PROG} {shlex.join(args.argv)}"
+
+
+class _StopOnInterrupt:
+    """The ``stop`` callable of a training loop: the first Ctrl-C makes it return True (the loop then saves a
+    checkpoint and returns); a second Ctrl-C raises KeyboardInterrupt as usual."""
+
+    requested = False
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():  # only the main thread receives signals
+            self.previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        # os.write, not print: a signal handler may run while print holds stderr's buffer.
+        os.write(2, f"\n{PROG}: stopping after this step and saving a checkpoint "
+                    "(Ctrl-C again to quit without saving)\n".encode())
+
+
+# metrics-server ---------------------------------------------------------------------------------------------
+
+
+def cmd_metrics_server(args: argparse.Namespace) -> int:
+    """``workbench metrics-server``: a Prometheus exporter fed by ``metrics.sqlite``, until Ctrl-C.
+
+    Requests recorded by any process (the app, ``generate``, ``bench``) show up within ``--interval`` seconds.
+    """
+    try:
+        store = HistoryStore()
+    except (OSError, sqlite3.Error) as exc:
+        raise Failed(f"cannot open the request history: {exc}") from None
+    exporter = PrometheusExporter()
+    follower = HistoryFollower(store, exporter, from_start=not args.new_only)
+    replayed = follower.poll()
+    try:
+        server = exporter.serve(args.port, args.host)
+    except OSError as exc:
+        raise Failed(f"--port: cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); "
+                     "is another exporter running? choose another --port", status=2) from None
+    host, port = server.server_address[:2]
+    output.say(f"serving http://{host}:{port}/metrics ({replayed} requests from {store.path}; "
+               f"new ones every {args.interval:g} s); Ctrl-C stops")
+    stop = threading.Event()
+    try:
+        follower.run(stop, args.interval)
+    except KeyboardInterrupt:
+        output.say("metrics server stopped")
+    finally:
+        server.shutdown()
+        server.server_close()
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "bench": cmd_bench, "eval": cmd_eval, "distill": cmd_distill,
+            "cache": cmd_cache, "metrics-server": cmd_metrics_server}

@@ -1,0 +1,262 @@
+"""What the ``workbench`` command prints: JSON reports, plain-text tables and lines, progress on stderr.
+
+Results go to stdout (pure JSON with ``--json``); progress and warnings go to stderr, one line each.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict
+
+from ..formats import duration, figure, human_count
+from ..recipe import Recipe
+from .parser import PROG
+
+# Progress on stderr -------------------------------------------------------------------------------------------
+
+
+def warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+def say(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+def print_build_stage(stage: str, fraction: float) -> None:
+    """An ``OnStage`` for a build: one line per stage."""
+    say(f"[{fraction:4.0%}] {stage}")
+
+
+def build_stages(who: str):
+    """An ``OnStage`` whose lines say which model is being built (e.g. "baseline")."""
+
+    def on_stage(stage: str, fraction: float) -> None:
+        say(f"{who}: [{fraction:4.0%}] {stage}")
+
+    return on_stage
+
+
+class StepPrinter:
+    """A long job's ``on_step(i, total, metrics)`` that prints to stderr: a stage's first and last step, and
+    in between at most one line every ``every_s`` seconds."""
+
+    def __init__(self, who: str, every_s: float = 3.0):
+        self.who, self.every_s = who, every_s
+        self.last_stage, self.last_print = None, 0.0
+
+    def __call__(self, i: int, total: int, metrics: dict) -> None:
+        stage, now = metrics.get("stage", ""), time.monotonic()
+        if stage == self.last_stage and i not in (1, total) and now - self.last_print < self.every_s:
+            return
+        self.last_stage, self.last_print = stage, now
+        detail = ", ".join(_describe(k, v) for k, v in metrics.items() if k != "stage" and v is not None)
+        stage_text = f" {stage}" if stage else ""
+        count = f"step {i}/{total}" if i else "starting"  # step 0: a stage that comes before the steps
+        say(f"{self.who}{stage_text}: {count}" + (f", {detail}" if detail else ""))
+
+
+def _describe(key: str, value) -> str:
+    if key == "eta_s":
+        return f"ETA {duration(value)}"
+    if key == "accuracy":
+        return f"accuracy {value:.0%}"
+    if isinstance(value, float):
+        return f"{key.replace('_', ' ')} {value:.4g}"
+    return f"{key.replace('_', ' ')} {value}"
+
+
+def print_run(i: int, total: int, metrics: dict) -> None:
+    """A benchmark's ``on_step``: one line per request."""
+    say(f"run {i}/{total} ({metrics['phase']}): {metrics['new_tokens']} tokens, "
+        f"TTFT {figure(metrics['ttft_ms'], unit='ms')}, decode {figure(metrics['decode_tok_s'], unit='tok/s')}"
+        + (f", ran in a batch of {metrics['batch_size']}" if metrics.get("batch_size", 1) > 1 else ""))
+
+
+# Streaming an answer ---------------------------------------------------------------------------------------
+
+
+def answer(request, stream: bool):
+    """The request's result, its text printed as it streams when ``stream``; Ctrl-C stops generation."""
+    try:
+        return _stream(request) if stream else request.result()
+    except KeyboardInterrupt:
+        request.stop()  # end generation after the current token, so that closing the engine is quick
+        raise
+
+
+def _stream(request):
+    shown = ""
+    for event in request:
+        print(event.text, end="", flush=True)
+        shown += event.text
+    result = request.result()
+    if result.text.startswith(shown):  # the tail of an incomplete UTF-8 sequence held back by the stream
+        print(result.text[len(shown):], end="")
+    print()
+    return result
+
+
+# generate ---------------------------------------------------------------------------------------------------
+
+
+def generate_report(model, settings, result) -> dict:
+    """The JSON object of ``generate --json`` for an answer from the model (keys as in DESIGN.md, and a few more).
+
+    Args:
+        model: the ``LoadedModel`` that answered.
+        settings: its generation settings.
+        result: the ``GenerationResult``.
+    """
+    return {
+        "recipe": model.recipe.to_dict(),
+        "recipe_key": result.recipe_key,
+        "text": result.text,
+        **result.metrics(),  # prompt_tokens, new_tokens, ttft_ms, tpot_ms, e2e_ms, decode_tok_s, cache, ...
+        "model": model.stats.to_dict(),
+        "settings": asdict(settings),
+        "notes": list(model.notes),
+        "cache_hit": None,
+    }
+
+
+def hit_report(recipe: Recipe, settings, result, hit) -> dict:
+    """The JSON object of ``generate --json`` for an answer from the cache: the same keys, ``cache`` = the kind
+    of hit, ``model`` = the stats of the model that wrote the answer, and ``cache_hit`` with the lookup."""
+    return {
+        "recipe": recipe.to_dict(),
+        "recipe_key": result.recipe_key,
+        "text": result.text,
+        **result.metrics(),
+        "model": hit.entry.get("model"),
+        "settings": asdict(settings),
+        "notes": [],
+        "cache_hit": hit.info(),
+    }
+
+
+def metrics_line(result, backend: str) -> str:
+    """One human line: tokens, TTFT, TPOT, decode tok/s, E2E, cache, backend."""
+    m = result.metrics()
+    parts = [f"{m['prompt_tokens']} prompt + {m['new_tokens']} new tokens", f"TTFT {figure(m['ttft_ms'], unit='ms')}"]
+    parts += [f"TPOT {figure(m['tpot_ms'], unit='ms')}", f"decode {figure(m['decode_tok_s'], unit='tok/s')}"]
+    parts += [f"E2E {figure(m['e2e_ms'], unit='ms')}", f"cache {m['cache']}", backend]
+    return " · ".join(parts)
+
+
+def hit_line(result, hit) -> str:
+    """One human line for a cached answer: kind, lookup time, what it saved, tokens."""
+    parts = [f"cache {hit.kind} hit", f"lookup {hit.lookup_s * 1000:.1f} ms",
+             f"the model took {hit.entry.get('e2e_s') or 0:.2f} s", f"{result.new_tokens} tokens replayed"]
+    if hit.kind == "semantic":
+        parts.append(f"matched {hit.matched_question!r} (similarity {hit.similarity:.3f})")
+    return " · ".join(parts)
+
+
+def cache_stats_text(stats: dict) -> str:
+    """The cache stats as a few human lines."""
+    rate = "n/a" if stats["hit_rate"] is None else f"{stats['hit_rate']:.0%}"
+    hits, n = stats["hits"], stats["entries"]
+    return "\n".join([
+        f"response cache: {stats['directory']}",
+        f"{n} answer{'' if n == 1 else 's'}, {stats['size_bytes'] / 2**20:.1f} MB of "
+        f"{stats['size_limit_bytes'] / 2**20:.0f} MB",
+        f"hit rate {rate}: {hits['exact']} exact + {hits['semantic']} semantic hits, {stats['misses']} misses",
+        f"model time saved: {stats['saved_s']:.1f} s",
+    ])
+
+
+# bench ------------------------------------------------------------------------------------------------------
+
+_HEADER = ("recipe", "batch", "TTFT p50 ms", "TTFT p90 ms", "TPOT p50 ms", "decode tok/s med [min-max]",
+           "throughput tok/s", "peak RSS MB", "weight MB", "backend")
+_LOAD_HEADER = ("recipe", "scheduler", "batch", "users", "ran in batches of (mean)", "TTFT p50 ms", "TTFT p99 ms",
+                "E2E p50 ms", "E2E p99 ms", "TPOT p50 ms", "throughput tok/s", "peak RSS MB")
+
+
+def bench_table(entries: list[dict]) -> str:
+    """A plain-text table of bench entries: one row per recipe and batch size."""
+    if any(e.get("concurrency", 1) > 1 or e.get("scheduler", "static") != "static" for e in entries):
+        return columns([_LOAD_HEADER, *[_load_row(e) for e in entries]])
+    header, rows = _HEADER, [_table_row(e) for e in entries]
+    if any("quality" in e for e in entries):
+        header += ("perplexity", "QA accuracy")
+        rows = [row + quality_cells(e.get("quality")) for row, e in zip(rows, entries)]
+    return columns([header, *rows])
+
+
+def _load_row(entry: dict) -> tuple[str, ...]:
+    """A row of a sweep under load: per-request latency next to aggregate throughput."""
+    return (
+        entry["label"], entry.get("scheduler", "static"), str(entry["batch_size"]), str(entry.get("concurrency", 1)),
+        figure((entry.get("batches") or {}).get("mean")),
+        figure(entry["ttft_ms"]["p50"]), figure(entry["ttft_ms"]["p99"]),
+        figure(entry["e2e_ms"]["p50"]), figure(entry["e2e_ms"]["p99"]),
+        figure(entry["tpot_ms"]["p50"], 2), figure(entry["throughput_tok_s"]), figure(entry["peak_rss_mb"], 0),
+    )
+
+
+def _table_row(entry: dict) -> tuple[str, ...]:
+    decode = entry["decode_tok_s"]
+    return (
+        entry["label"],
+        str(entry["batch_size"]),
+        figure(entry["ttft_ms"]["p50"]),
+        figure(entry["ttft_ms"]["p90"]),
+        figure(entry["tpot_ms"]["p50"], 2),
+        f"{figure(decode['median'])} [{figure(decode['min'])}-{figure(decode['max'])}]",
+        figure(entry["throughput_tok_s"]),
+        figure(entry["peak_rss_mb"], 0),
+        figure(entry["model"]["weight_bytes"] / 2**20),
+        entry["model"]["backend"],
+    )
+
+
+def columns(rows: list[tuple[str, ...]]) -> str:
+    """Rows of cells as left-aligned columns."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def quality_cells(q: dict | None) -> tuple[str, str]:
+    """Perplexity and QA accuracy as two cells."""
+    if not q:
+        return ("n/a", "n/a")
+    return (f"{q['perplexity']:.2f}", f"{q['qa_correct']}/{q['qa_n']} ({q['qa_accuracy']:.0%})")
+
+
+# eval and distill -------------------------------------------------------------------------------------------
+
+
+def eval_table(report: dict) -> str:
+    """Recipe and baseline side by side: perplexity, agreement, QA accuracy."""
+    rows = [("", "perplexity", "agreement", "QA accuracy", "recipe")]
+    for who, m in (("recipe", report), ("baseline", report["baseline"])):
+        rows.append((who, f"{m['perplexity']:.2f}", f"{m['agreement']:.1%}",
+                     f"{m['qa_correct']}/{m['qa_n']} ({m['qa_accuracy']:.0%})", m["label"]))
+    note = (f"perplexity on {report['eval_tokens']} tokens of the evaluation text; agreement on "
+            f"{report['settings']['agreement_prompts']} prompts x {report['settings']['agreement_tokens']} "
+            "greedy tokens")
+    return columns(rows) + "\n" + note
+
+
+def distill_text(report: dict) -> str:
+    """The student's name, how it was trained, and its quality beside the teacher's."""
+    steps = f"{report['steps']} step{'s' if report['steps'] != 1 else ''}"
+    lines = [
+        f"{report['name']}: {steps}, loss {_loss(report['first_loss'])} -> {_loss(report['loss'])}, "
+        f"{human_count(report['params'])} parameters (teacher {human_count(report['teacher_params'])}), "
+        f"{report['seconds']:.0f} s of training",
+        f"use it with: {report['variant_flag']}",
+    ]
+    if report["student"] and report["teacher"]:
+        rows = [("", "perplexity", "QA accuracy")]
+        for who in ("student", "teacher"):
+            rows.append((who,) + quality_cells(report[who]))
+        lines += ["", columns(rows)]
+    return "\n".join(lines)
+
+
+def _loss(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"

@@ -1,0 +1,28 @@
+"""Conversations: role/content turns, and the token ids a tokenizer's chat template makes of them."""
+
+from __future__ import annotations
+
+
+def as_messages(messages: list[dict] | str) -> list[dict]:
+    """A conversation as a list of role/content dicts; a string is one user message."""
+    return [{"role": "user", "content": messages}] if isinstance(messages, str) else messages
+
+
+def with_system_prompt(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    """The role/content list a model sees: an optional system message, then the turns (extra keys dropped)."""
+    turns = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if system_prompt and system_prompt.strip():
+        turns.insert(0, {"role": "system", "content": system_prompt.strip()})
+    return turns
+
+
+def encode_chat(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a conversation, ending where the assistant's answer starts.
+
+    Uses the tokenizer's chat template when it has one; base models without one get a plain transcript.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+        return enc["input_ids"][0].tolist()
+    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+    return tokenizer("\n".join(lines) + "\nAssistant:")["input_ids"]

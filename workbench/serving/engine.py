@@ -1,0 +1,324 @@
+"""One worker thread per loaded model: a request queue, dynamic batching, streaming, and honest token timing.
+
+The runtime reports each token the moment it produces it (after a device sync); here that moment becomes
+seconds since the request was submitted, so TTFT includes any time spent waiting in the queue (also reported
+on its own as ``queue_s``).
+
+With a batch size above 1 the worker batches dynamically: it takes up to ``batch_size`` waiting requests
+(waiting at most ``batch_window_s`` for more to arrive), runs them as one ``generate`` call of the runtime
+and streams each request its own tokens, each timed from that request's own start. Requests whose generation
+settings differ run in separate calls. A batch runs to its end before the next one starts ("static"
+scheduler); the "continuous" scheduler lets requests join a running batch at every decode step, where the
+runtime offers it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+
+from ..conversation import as_messages
+from ..recipe import GenerationSettings, check_batch_size
+from ..runtimes.base import LoadedModel, answer_complete
+from .continuous import ContinuousScheduler
+from .options import DEFAULT_BATCH_WINDOW_S, check_scheduler
+from .results import GenerationResult, Recorder, TokenEvent
+
+_END = object()
+
+
+class Request:
+    """Handle of one submitted request: iterate it for streamed text, call ``result()`` for the outcome."""
+
+    def __init__(self, prompt_ids: list[int], settings: GenerationSettings, decode, origin: str):
+        self.prompt_ids = prompt_ids
+        self.settings = settings
+        self.origin = origin
+        self.submitted = time.perf_counter()
+        self.submitted_wall = time.time()
+        self.started: float | None = None
+        self.cancelled = threading.Event()
+        self.done = threading.Event()
+        self._events: queue.Queue = queue.Queue()
+        self._decode = decode
+        self._result: GenerationResult | None = None
+        self.record = True  # False keeps it out of the history (warm-up runs)
+
+    def stop(self) -> None:
+        """End generation after the current token; the partial answer and its metrics are kept."""
+        self.cancelled.set()
+
+    def __iter__(self) -> Iterator[TokenEvent]:
+        ids: list[int] = []
+        shown = ""
+        while True:
+            item = self._events.get()
+            if item is _END:
+                return
+            token_id, t = item
+            ids.append(token_id)
+            text = self._decode(ids)
+            delta = ""
+            if not text.endswith("\ufffd") and text.startswith(shown):  # hold incomplete UTF-8 sequences back
+                delta, shown = text[len(shown):], text
+            yield TokenEvent(delta, token_id, t, len(ids) - 1)
+
+    def result(self, timeout: float | None = None) -> GenerationResult:
+        if not self.done.wait(timeout):
+            raise TimeoutError("generation did not finish in time")
+        assert self._result is not None
+        return self._result
+
+
+class _Row:
+    """One request's place in a running batch: the tokens it got, their times, and whether it still streams."""
+
+    def __init__(self, request: Request):
+        self.request = request
+        self.ids: list[int] = []
+        self.times: list[float] = []
+        self.open = True
+        self.batch_size = 1  # requests that ran together with this one (the largest seen, for "continuous")
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        return self.request.prompt_ids
+
+    @property
+    def settings(self) -> GenerationSettings:
+        return self.request.settings
+
+    @property
+    def active(self) -> bool:
+        return self.open and not self.request.cancelled.is_set()
+
+    def add(self, token_id: int, now: float) -> None:
+        t = now - self.request.submitted
+        if self.times and t <= self.times[-1]:
+            t = self.times[-1] + 1e-9  # keep times strictly increasing even at clock resolution
+        self.ids.append(token_id)
+        self.times.append(t)
+        self.request._events.put((token_id, t))
+
+    def complete(self, eos: frozenset[int]) -> bool:
+        """Whether this row has what it asked for (its own token budget, or EOS) or was stopped."""
+        return self.request.cancelled.is_set() or answer_complete(self.ids, self.settings, eos)
+
+
+class Engine:
+    """Serves one loaded model; a single worker thread serves the request queue, in batches of up to ``batch_size``.
+
+    Args:
+        model: the loaded model (from ``runtimes.build``); the engine does not close it.
+        history: where finished requests are recorded (None = not recorded).
+        batch_size: most requests run together (default: the recipe's ``batch_size``).
+        batch_window_s: how long the worker waits for more requests before it runs a batch that is not full.
+        scheduler: "static" (a batch runs to its end before the next starts) or "continuous" (requests join
+            a running batch at each decode step; see ``LoadedModel.scheduler_problem``).
+    """
+
+    def __init__(self, model: LoadedModel, history: Recorder | None = None, batch_size: int | None = None,
+                 batch_window_s: float = DEFAULT_BATCH_WINDOW_S, scheduler: str = "static"):
+        self.scheduler = check_scheduler(scheduler)
+        self.model: LoadedModel | None = model
+        self.history = history
+        self.batch_size = check_batch_size(model.recipe.batch_size if batch_size is None else batch_size)
+        self.recipe = replace(model.recipe, batch_size=self.batch_size)  # what every result and row is keyed by
+        self.batch_window_s = max(0.0, float(batch_window_s))
+        self.batches: list[int] = []  # the size of every generate call run so far (static scheduler)
+        self._queue: queue.Queue = queue.Queue()
+        self._closed = False
+        self._eos = model.eos_ids
+        self._decode = model.decode
+        self._continuous = ContinuousScheduler(self) if scheduler == "continuous" else None
+        self._worker = threading.Thread(target=self._serve, name=f"engine-{self.recipe.key()}", daemon=True)
+        self._worker.start()
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        """Prompt token ids of a conversation, using the model's chat template when it has one."""
+        return self._live().encode_chat(messages)
+
+    def submit(
+        self, messages: list[dict] | str, settings: GenerationSettings | None = None, origin: str = "chat",
+        record: bool = True,
+    ) -> Request:
+        """Queue a request; returns at once.
+
+        Args:
+            messages: a chat (list of role/content dicts) or a single user message.
+            settings: generation settings (defaults: greedy, 256 tokens).
+            origin: who asked ("chat", "cli", "bench", ...), stored with the request's history row.
+            record: False keeps the request out of the history (warm-up runs).
+        """
+        if self._closed:
+            raise RuntimeError("engine is closed")
+        request = Request(self.encode_chat(as_messages(messages)), settings or GenerationSettings(), self._decode,
+                          origin)
+        request.record = record
+        self._queue.put(request)
+        return request
+
+    def generate(self, messages: list[dict] | str, settings: GenerationSettings | None = None,
+                 origin: str = "cli") -> GenerationResult:
+        """Submit and wait for the whole answer."""
+        return self.submit(messages, settings, origin).result()
+
+    def close(self) -> None:
+        """Stop the worker after the requests already queued and let go of the model (its owner closes it)."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._worker.join(timeout=60)
+
+    def _live(self) -> LoadedModel:
+        model = self.model
+        if model is None:
+            raise RuntimeError("engine is closed")
+        return model
+
+    # Worker --------------------------------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        while True:
+            request = self._queue.get()
+            if request is None:
+                break
+            batch, closing = self._collect(request)
+            if self._continuous is not None:
+                self._continuous.serve(batch)
+            else:
+                for group in _compatible_groups(batch):
+                    self.run_batch(group)
+            if closing:
+                break
+        if self._continuous is not None:
+            self._continuous.close()
+        self.model = None  # let the model be freed once its owner lets go too
+
+    def _collect(self, first: Request) -> tuple[list[Request], bool]:
+        """The first request plus up to batch_size - 1 more: those waiting now, then those arriving in the window."""
+        batch, closing = [first], False
+        if self._continuous is not None:
+            return batch, False  # requests join the running batch as they come; no window needed
+        deadline = time.perf_counter() + self.batch_window_s
+        while len(batch) < self.batch_size:
+            try:
+                item = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
+            except queue.Empty:
+                break
+            if item is None:
+                closing = True  # serve what was collected, then stop
+                break
+            batch.append(item)
+        return batch, closing
+
+    def run_batch(self, requests: list[Request]) -> None:
+        """Run compatible requests as one generate call of the runtime; every one of them ends with a result."""
+        started = time.perf_counter()
+        rows = []
+        for request in requests:
+            request.started = started
+            rows.append(_Row(request))
+            rows[-1].batch_size = len(requests)
+        self.batches.append(len(requests))
+        error = None
+        try:
+            self.model.generate(rows, _group_settings(requests),
+                                lambda i, token_id, now: self.token(rows[i], token_id, now))
+        except Exception as exc:  # a failed batch must not kill the worker
+            error = f"{type(exc).__name__}: {exc}"
+        for row in rows:
+            if row.open:
+                self.finish(row, error)
+
+    def new_row(self, request: Request) -> _Row:
+        """A row for a request that starts now (the continuous scheduler's)."""
+        request.started = time.perf_counter()
+        return _Row(request)
+
+    def token(self, row: _Row, token_id: int, now: float) -> None:
+        """A token the runtime produced for a row at ``now`` (perf_counter); finishes the row once it is complete."""
+        if not row.open:
+            return
+        row.add(token_id, now)
+        if row.complete(self._eos):
+            self.finish(row)
+
+    def finish(self, row: _Row, error: str | None = None) -> None:
+        """Hand a request its result: record it, end its stream, wake whoever waits on it."""
+        if not row.open:
+            return
+        row.open = False
+        request = row.request
+        result = self._result(request, row.ids, row.times, error, row.batch_size)
+        if self.history is not None and request.record:
+            self._record(request, result)  # before done: whoever waits on result() finds the row stored
+        request._result = result
+        request._events.put(_END)
+        request.done.set()
+
+    def _result(self, request: Request, ids: list[int], times: list[float], error: str | None,
+                batch_size: int = 1) -> GenerationResult:
+        eos = self._eos
+        if error:
+            reason = "error"
+        elif request.cancelled.is_set() and len(ids) < request.settings.max_new_tokens and not (ids and ids[-1] in eos):
+            reason = "stopped"
+        elif ids and ids[-1] in eos and not request.settings.ignore_eos:
+            reason = "eos"
+        else:
+            reason = "length"
+        return GenerationResult(
+            text=self._decode(ids),
+            prompt_tokens=len(request.prompt_ids),
+            new_tokens=len(ids),
+            token_times=list(times),
+            ttft_s=times[0] if times else None,
+            e2e_s=times[-1] if times else None,
+            queue_s=request.started - request.submitted,
+            recipe_key=self.recipe.key(),
+            finish_reason=reason,
+            error=error,
+            token_ids=list(ids),
+            batch_size=batch_size,
+        )
+
+    def _record(self, request: Request, result: GenerationResult) -> None:
+        try:
+            self.history.record(self.recipe, result, request.origin, request.submitted_wall)
+        except Exception:  # history is best-effort; an unwritable disk must not lose the answer
+            pass
+
+
+_unique = itertools.count()
+
+
+def _group_key(settings: GenerationSettings) -> tuple:
+    """Requests with equal keys can share one generate call."""
+    # With ignore_eos every row must run exactly its budget, and min_new_tokens is one number per call.
+    budget = settings.max_new_tokens if settings.ignore_eos else None
+    if settings.greedy:
+        return ("greedy", settings.ignore_eos, budget)
+    if settings.seed is not None:
+        return ("seeded", next(_unique))  # runs alone: a seed promises the same text whatever else is queued
+    return ("sample", float(settings.temperature), float(settings.top_p), settings.ignore_eos, budget)
+
+
+def _compatible_groups(requests: list[Request]) -> list[list[Request]]:
+    """Requests split into groups that can share one generate call, in order of their first arrival."""
+    groups: dict[tuple, list[Request]] = {}
+    for request in requests:
+        groups.setdefault(_group_key(request.settings), []).append(request)
+    return list(groups.values())
+
+
+def _group_settings(requests: list[Request]) -> GenerationSettings:
+    """The settings of one generate call for a compatible group: the largest token budget of its rows."""
+    first = requests[0].settings
+    if len(requests) == 1:
+        return first
+    return replace(first, max_new_tokens=max(r.settings.max_new_tokens for r in requests))

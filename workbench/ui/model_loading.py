@@ -1,0 +1,99 @@
+"""Models the pages need: their shared slots, built in the background with a progress bar, and the model card."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ..formats import human_bytes, human_count
+from ..recipe import Recipe
+from ..serving.engine import Engine
+from . import shared, state
+
+POLL_S = 0.2  # how often a waiting script wakes to redraw progress (and to let Stop interrupt it)
+
+
+def require_engine() -> Engine:
+    """The engine of the sidebar's recipe; while it builds, show progress; on failure, an error and stop."""
+    (slot,) = require_slots(require_recipe())
+    model_card(slot)
+    return slot.engine
+
+
+def require_recipe() -> Recipe:
+    """The sidebar's recipe; without one, say why (no model chosen, or a combination that cannot run) and stop."""
+    recipe = state.current_recipe()
+    if recipe is None:
+        problem = state.recipe_error()
+        if problem:
+            st.warning(f"The recipe in the sidebar cannot run here: {problem}", icon=":material/block:")
+        else:
+            st.info("Choose a model in the sidebar to start.")
+        st.stop()
+    return recipe
+
+
+def require_slots(*recipes: Recipe) -> list[shared.ModelSlot]:
+    """The shared slots of these recipes, ready; their builds run together, each with a progress bar.
+
+    On a failed build, show its error and stop; the same for a model unloaded meanwhile to make room.
+    """
+    trust = state.remote_code_allowed()
+    slots = [shared.model_slot(recipe, trust) for recipe in dict.fromkeys(recipes)]
+    _await_builds([slot for slot in slots if not slot.done])
+    for slot in slots:
+        if slot.error:
+            st.error(slot.error)
+            st.stop()
+        if slot.engine is None:  # released between our lookup and now (another session switched recipes)
+            st.warning("This model was just unloaded to make room for another recipe; reload the page to rebuild it.")
+            st.stop()
+    return slots
+
+
+def _await_builds(slots: list[shared.ModelSlot]) -> None:
+    # Blocks this run (the page needs the models) but redraws every POLL_S, which also lets a sidebar change
+    # interrupt the wait; the builds themselves carry on in the background.
+    if not slots:
+        return
+    bars = [st.progress(slot.fraction, text=_build_text(slot)) for slot in slots]
+    while not all(slot.wait(POLL_S / len(slots)) for slot in slots):
+        for bar, slot in zip(bars, slots):
+            bar.progress(slot.fraction, text=_build_text(slot))
+    for bar in bars:
+        bar.empty()
+
+
+def _build_text(slot: shared.ModelSlot) -> str:
+    return f"Building {slot.recipe.label()}: {slot.stage} — {slot.elapsed_s:.1f} s"
+
+
+def model_card(slot: shared.ModelSlot, notes: bool = True) -> None:
+    """The loaded model in the sidebar: recipe label and key, parameters, weight bytes, build time, notes.
+
+    Args:
+        slot: a ready slot.
+        notes: draw the build notes too (a page that shows them itself passes False).
+    """
+    model = slot.model
+    if model is None:
+        return
+    recipe, stats = model.recipe, model.stats
+    with st.sidebar:
+        st.divider()
+        st.subheader("Loaded model")
+        st.markdown(
+            f"**{recipe.label()}**  \nrecipe key `{recipe.key()}`  \n"
+            f"{human_count(stats.params)} parameters · {human_bytes(stats.weight_bytes)} of weights  \n"
+            + nonzero_line(stats.params, stats.nonzero_params)
+            + f"built in {stats.build_s:.1f} s · backend: {stats.backend}"
+        )
+        if notes and model.notes:
+            st.info("\n".join(f"- {note}" for note in model.notes), icon=":material/info:")
+
+
+def nonzero_line(params: int, nonzero: int) -> str:
+    """'67.3 M non-zero parameters (50% zero)' and a line break, or '' when (almost) no weight is zero."""
+    if nonzero >= params * 0.995:  # a dense model has a few exact zeros of its own
+        return ""
+    return f"{human_count(nonzero)} non-zero parameters ({1 - nonzero / params:.0%} zero)  \n"
+

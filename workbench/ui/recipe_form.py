@@ -1,0 +1,245 @@
+"""The recipe form: model, device, dtype and its backend, pruning, distilled variant and batch size.
+
+The sidebar draws it on every page (``recipe_sidebar``); the Compare page draws two more under their own key
+prefixes (``recipe_controls(prefix)``). A combination this machine cannot run is a message, never an exception.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import streamlit as st
+
+from .. import catalog, devices, loading, runtimes
+from ..formats import sentence
+from ..optimize import variants
+from ..recipe import DTYPES, EMBEDDED, FLOAT_DTYPES, MAX_PRUNE_RATIO, PRUNE_CRITERIA, PRUNE_METHODS, PruneSpec, Recipe
+from ..recipe import RecipeError
+from . import state
+
+DTYPE_LABELS = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "int8 (quantized)", "int4": "int4 (quantized)",
+                "nf4": "nf4 (quantized, 4-bit NormalFloat)", "fp4": "fp4 (quantized, 4-bit float)"}
+PRUNE_LABELS = {"none": "none", "magnitude": "magnitude — unstructured zeros", "2:4": "2:4 — semi-structured zeros",
+                "channels": "channels — narrower MLPs", "layers": "layers — fewer decoder layers"}
+RATIO_LABELS = {"magnitude": "Weights zeroed", "2:4": "Weights zeroed (fixed by 2:4)",
+                "channels": "MLP channels removed", "layers": "Decoder layers removed"}
+CRITERION_LABELS = {"magnitude": "|W| magnitude", "wanda": "Wanda |W|·‖X‖ — better"}
+
+
+def recipe_sidebar() -> Recipe | None:
+    """Draw the recipe controls in the sidebar; store and return the resolved recipe (None if invalid).
+
+    Any change makes a new recipe, whose model ``require_engine`` builds; a combination this machine cannot
+    run is shown as a message and stored as ``RECIPE_ERROR``.
+    """
+    with st.sidebar:
+        st.header("Recipe")
+        recipe, problem, trust = recipe_controls()
+    st.session_state[state.RECIPE] = recipe
+    st.session_state[state.RECIPE_ERROR] = problem
+    st.session_state[state.REMOTE_CODE_ALLOWED] = trust
+    return recipe
+
+
+def recipe_controls(prefix: str = state.RECIPE_PREFIX) -> tuple[Recipe | None, str | None, bool]:
+    """Draw one set of recipe controls where the caller is; (recipe, None, trust) or (None, why, trust).
+
+    Model and device, then quantization (dtype and the backend that runs it), pruning (method, ratio,
+    criterion) and the distilled variant; a combination this machine cannot run is shown as an error here.
+
+    Args:
+        prefix: the widget keys' prefix: the sidebar's (``state.RECIPE_PREFIX``) or another, so that a page
+            can draw several independent sets (see ``state.widget_key``).
+    """
+    key = functools.partial(state.widget_key, prefix=prefix)
+    model = _model_input(prefix)
+    device = st.selectbox("Device", devices.available_devices(), key=key(state.DEVICE),
+                          help="Only devices present on this machine are listed; auto picks the fastest.")
+    if device == "auto":
+        st.caption(f"auto → {_concrete_device(device)}")
+    dtype = st.selectbox("dtype", DTYPES, key=key(state.DTYPE), format_func=DTYPE_LABELS.get,
+                         help="fp32, fp16 and bf16 cast the weights; int8, int4, nf4 and fp4 quantize the "
+                              "Linear layers (not the embeddings or the LM head) through the backend shown.")
+    backend = _backend_input(dtype, _concrete_device(device), prefix)
+    prune = _prune_input(prefix)
+    variant = _variant_input(model, prefix)
+    batch_size = batch_size_input(prefix)
+    trust = False
+    if model and _is_hub_id(model):
+        trust = st.checkbox("Allow remote code (trust_remote_code)", key=key(state.TRUST_REMOTE_CODE),
+                            help="Some hub models ship their own Python code. Allow it only if you trust "
+                                 "the model's authors.")
+    recipe, problem = (None, None) if model is None else resolve_choice(model, device, dtype, backend, prune,
+                                                                         variant, batch_size)
+    if problem:
+        st.error(problem, icon=":material/block:")
+    return recipe, problem, trust
+
+
+def seed_controls(recipe: Recipe, prefix: str, trust: bool = False, overwrite: bool = True) -> None:
+    """Set the widget values of a set of recipe controls so that they draw ``recipe`` (before they are drawn).
+
+    Args:
+        recipe: the recipe to show, device resolved.
+        prefix: the controls' key prefix (see ``recipe_controls``).
+        trust: the remote-code checkbox's value.
+        overwrite: False keeps the values already set (a default for what the user has not chosen yet).
+    """
+    key = functools.partial(state.widget_key, prefix=prefix)
+    known = recipe.model == EMBEDDED or recipe.model in {m.model for m in catalog.HUB_MODELS}
+    values = {
+        key(state.MODEL_CHOICE): recipe.model if known else state.OTHER_MODEL,
+        key(state.DEVICE): recipe.device,
+        key(state.DTYPE): recipe.dtype,
+        key(state.PRUNE_METHOD): recipe.prune.method,
+        key(state.PRUNE_CRITERION): recipe.prune.criterion,
+        key(state.VARIANT): recipe.variant,
+        key(state.BATCH_SIZE): recipe.batch_size,
+        key(state.TRUST_REMOTE_CODE): trust,
+    }
+    if not known:
+        values[key(state.MODEL_OTHER)] = recipe.model
+    if recipe.dtype not in FLOAT_DTYPES:
+        values[key(state.BACKEND)] = recipe.backend
+    if recipe.prune.method not in ("none", "2:4"):
+        values[key(state.PRUNE_RATIO)] = int(round(recipe.prune.ratio * 100))
+    for name, value in values.items():
+        if overwrite or name not in st.session_state:
+            st.session_state[name] = value
+
+
+def resolve_choice(model: str, device: str, dtype: str, backend: str = "auto", prune: PruneSpec = PruneSpec(),
+                   variant: str = "none", batch_size: int = 1) -> tuple[Recipe | None, str | None]:
+    """The recipe the sidebar's choices describe, checked against this machine: (recipe, None) or (None, why).
+
+    "auto" device and backend are made concrete, so that the cache key names what really runs; a backend
+    that does not run on the device, or a variant that does not exist, is a message, never an exception.
+    """
+    try:
+        recipe = Recipe(model=model, device=device, dtype=dtype, backend=backend, prune=prune, variant=variant,
+                        batch_size=batch_size)
+        return runtimes.check(recipe), None
+    except RecipeError as exc:
+        return None, str(exc)
+
+
+BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+
+
+def batch_size_input(prefix: str = state.RECIPE_PREFIX) -> int:
+    """The recipe's batch size: how many waiting requests the model's worker runs as one batch."""
+    return st.select_slider("Batch size", BATCH_SIZES, key=state.widget_key(state.BATCH_SIZE, prefix),
+                            help="Requests arriving together (other tabs, other users) run as one left-padded "
+                                 "batch of up to this many: more tokens per second in all, each answer a little "
+                                 "slower. A single chat gains nothing. Measure it on the Benchmark page.")
+
+
+def _concrete_device(device: str) -> str:
+    try:
+        return devices.resolve_device(device)
+    except RecipeError:
+        return device  # resolve_choice reports it
+
+
+def _backend_input(dtype: str, device: str, prefix: str = state.RECIPE_PREFIX) -> str:
+    """The backend that runs ``dtype`` on ``device``: shown when there is one, a choice when there are several."""
+    backend_key = state.widget_key(state.BACKEND, prefix)
+    if dtype in FLOAT_DTYPES:
+        (cast,) = runtimes.backends(dtype, device)
+        st.caption(f"Runs on {cast.label}.")
+        return cast.name
+    found = {b.name: b for b in runtimes.backends(dtype, device)}
+    options = list(found)
+    if not options:
+        return "auto"  # resolve_choice says what does run here
+    if len(options) == 1:
+        only = found[options[0]]
+        st.caption(f"Runs on **{only.label}**. {sentence(only.why)}")
+        return only.name
+    if st.session_state.get(backend_key) not in options:
+        st.session_state.pop(backend_key, None)  # a choice made for another dtype or device: the default
+    default = options[0]
+    name = st.selectbox("Backend", options, key=backend_key,
+                        format_func=lambda n: found[n].label + (" (default)" if n == default else ""),
+                        help=f"The libraries that run {dtype} on {device} here, the fastest measured first.")
+    st.caption(sentence(found[name].why))
+    return name
+
+
+def _prune_input(prefix: str = state.RECIPE_PREFIX) -> PruneSpec:
+    key = functools.partial(state.widget_key, prefix=prefix)
+    method = st.selectbox("Pruning", PRUNE_METHODS, key=key(state.PRUNE_METHOD), format_func=PRUNE_LABELS.get,
+                          help="Unstructured and 2:4 pruning zero weights in place (same shapes, same dense "
+                               "kernels); channels and layers really remove them.")
+    if method == "none":
+        return PruneSpec()
+    if method == "2:4":
+        st.slider(RATIO_LABELS[method], 0, 90, 50, 5, format="%d%%", disabled=True,
+                  key=key(state.PRUNE_RATIO) + ".2:4",
+                  help="2 of every 4 consecutive weights are zero: 50% by definition.")
+        percent = 50
+    else:
+        percent = st.slider(RATIO_LABELS[method], 0, int(MAX_PRUNE_RATIO * 100), 50, 5, format="%d%%",
+                            key=key(state.PRUNE_RATIO))
+    criterion = "magnitude"
+    if method in ("magnitude", "2:4"):
+        criterion = st.radio("Importance of a weight", PRUNE_CRITERIA, key=key(state.PRUNE_CRITERION),
+                             format_func=CRITERION_LABELS.get,
+                             help="Wanda weighs each |W| by the norm of the activations it multiplies, measured on "
+                                  "calibration text; at the same sparsity it keeps much more quality than |W| alone.")
+    return PruneSpec(method, percent / 100, criterion)
+
+
+def _variant_input(model: str | None, prefix: str = state.RECIPE_PREFIX) -> str:
+    variant_key = state.widget_key(state.VARIANT, prefix)
+    options = {"none": "none"}
+    public: set[str] = set()
+    if model:
+        for student in variants.public_students(model):
+            cached_here = catalog.hub_cached(student.model)
+            options[student.name] = f"{student.name} (public{'' if cached_here else ' · not downloaded'})"
+            if not cached_here:
+                public.add(student.name)
+        for student in variants.list_students(model):
+            share = student["params"] / student["teacher_params"] if student.get("teacher_params") else 0
+            options[student["name"]] = f"{student['name']} (built here · {student['steps']} steps · {share:.0%} size)"
+    if st.session_state.get(variant_key) not in options:
+        st.session_state.pop(variant_key, None)  # a variant of another model, or one that was deleted
+    variant = st.selectbox("Distilled variant", list(options), key=variant_key, format_func=options.get,
+                           help="A smaller student trained to imitate this model: a public distilled pair, or one "
+                                "made on the Build a student page.")
+    if variant in public:
+        st.warning(f"{variant} is not in the local Hugging Face cache: building it downloads it, which needs the "
+                   "network.", icon=":material/cloud_download:")
+    return variant
+
+
+def _model_input(prefix: str = state.RECIPE_PREFIX) -> str | None:
+    options = [EMBEDDED, *(m.model for m in catalog.HUB_MODELS), state.OTHER_MODEL]
+    choice = st.selectbox("Model", options, key=state.widget_key(state.MODEL_CHOICE, prefix),
+                          format_func=_model_option_label)
+    if choice != state.OTHER_MODEL:
+        return choice
+    typed = st.text_input("Hub id, model directory or .gguf file",
+                          key=state.widget_key(state.MODEL_OTHER, prefix),
+                          placeholder="org/name, /path/to/model or /path/to/file.gguf").strip()
+    if not typed:
+        st.info("Enter a Hugging Face hub id, a local model directory or a local .gguf file.")
+        return None
+    return typed
+
+
+def _model_option_label(model: str) -> str:
+    if model == EMBEDDED:
+        return catalog.EMBEDDED_NAME
+    if model == state.OTHER_MODEL:
+        return "Other…"
+    return model if catalog.hub_cached(model) else f"{model} (not downloaded)"
+
+
+def _is_hub_id(model: str) -> bool:
+    try:
+        return loading.resolve_source(model).kind == "hub"
+    except loading.ModelSourceError:
+        return False
+
