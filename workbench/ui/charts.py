@@ -16,7 +16,7 @@ GAP_COLOUR = "#3b5bdb"
 _FONT = dict(size=12)
 
 
-def token_latenciesto_ms(token_times: list[float]) -> list[float]:
+def token_latencies_ms(token_times: list[float]) -> list[float]:
     """Latency of each generated token in ms: the first is TTFT, each later one the gap since the previous.
 
     Args:
@@ -35,7 +35,7 @@ def token_latency_figure(token_times: list[float], title: str = "Per-token laten
         token_times: seconds since request start, one per token so far.
         title: the chart title.
     """
-    latencies = token_latenciesto_ms(token_times)
+    latencies = token_latencies_ms(token_times)
     fig = go.Figure()
     if len(latencies) > 1:
         fig.add_trace(
