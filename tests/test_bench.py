@@ -32,7 +32,7 @@ def test_entry_structure(measured, recipe):
     for key in ("ttft_ms", "tpot_ms", "e2e_ms", "itl_ms"):
         assert SUMMARY_KEYS <= entry[key].keys()
     assert set(entry["decode_tok_s"]) == {"median", "min", "max"}
-    assert set(entry["model"]) == {"params", "nonzero_params", "weight_bytes", "build_s", "backend"}
+    assert set(entry["model"]) == {"params", "nonzero_params", "weight_bytes", "build_s", "backend", "threads"}
     assert entry["recipe"] == recipe.to_dict() and entry["recipe_key"] == recipe.key()
     assert entry["batch_size"] == 1 and entry["max_new_tokens"] == TOKENS
     assert entry["peak_rss_mb"] > 0 and entry["bandwidth_gb_s"] > 0

@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import pytest
@@ -17,12 +18,29 @@ def test_key_is_stable_and_short():
     a, b = Recipe(device="cpu", dtype="bf16"), Recipe(device="cpu", dtype="bf16")
     assert a.key() == b.key()
     assert len(a.key()) == 16 and int(a.key(), 16) >= 0
-    # The key is a pure function of the canonical JSON: pinned so that a refactor can't silently
-    # orphan every artifact, cache entry and metrics row on users' disks.
-    canonical = json.dumps(a.to_dict(), sort_keys=True, separators=(",", ":"))
-    import hashlib
-
+    # The key is a pure function of the canonical JSON, fields added later (runtime, threads) left out at their
+    # defaults: pinned so that a refactor can't silently orphan every artifact, cache entry and history row.
+    data = {k: v for k, v in a.to_dict().items() if k not in ("runtime", "threads")}
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     assert a.key() == hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    assert Recipe(device="cpu").key() == "46eb50246dc55c7c"  # the embedded fp32 baseline, as it always was
+
+
+def test_a_runtime_is_part_of_the_key_and_llama_cpp_names_its_formats():
+    base = Recipe(device="cpu")
+    ll = Recipe(device="cpu", runtime="llama.cpp", dtype="int4", threads=2)
+    assert ll.dtype == "q4_0" and ll.backend == "llama.cpp" and ll.key() != base.key()
+    assert Recipe(device="cpu", runtime="llama.cpp", dtype="q4_0", threads=2) == ll  # int4 is q4_0: one key
+    assert Recipe(device="cpu", runtime="llama.cpp", dtype="q4_0", threads=4).key() != ll.key()
+    assert "llama.cpp" in ll.label() and "2 threads" in ll.label()
+    assert ll.baseline() == Recipe(device="cpu") and ll.baseline().runtime == "transformers"
+    assert Recipe.from_dict({k: v for k, v in base.to_dict().items() if k != "runtime"}) == base  # older files
+    with pytest.raises(RecipeError) as err:
+        Recipe(runtime="vllm")
+    assert err.value.field == "runtime"
+    with pytest.raises(RecipeError) as err:
+        Recipe(threads=-1)
+    assert err.value.field == "threads"
 
 
 @pytest.mark.parametrize(

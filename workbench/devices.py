@@ -48,6 +48,13 @@ def sync(device: str) -> None:
         torch.mps.synchronize()
 
 
+def physical_cores() -> int:
+    """Cores, not hyper-threads: llama.cpp decodes fastest with one thread per physical core."""
+    import psutil
+
+    return psutil.cpu_count(logical=False) or max(1, (os.cpu_count() or 2) // 2)
+
+
 def process_rss_mb() -> float:
     import psutil
 

@@ -83,6 +83,34 @@ def load(model: str, *, trust_remote_code: bool = False, on_stage: OnStage | Non
     return (*_load_hub(source.location, trust_remote_code, on_stage), source.location)
 
 
+def load_tokenizer(model: str, *, trust_remote_code: bool = False, on_stage: OnStage | None = None):
+    """The transformers tokenizer of a model source, without its weights (a GGUF source is converted once).
+
+    Returns:
+        (tokenizer, eos_ids): the tokenizer and the token ids its generation config ends an answer with.
+    """
+    from transformers import AutoTokenizer, GenerationConfig
+
+    on_stage = on_stage or no_stage
+    source = resolve_source(model)
+    if source.kind in ("embedded", "gguf"):
+        location, local = str(_converted_gguf(model, Path(source.location), on_stage)), True
+    else:
+        location, local = source.location, source.kind == "dir" or catalog.hub_cached(source.location)
+    kwargs = {"trust_remote_code": trust_remote_code, "local_files_only": local}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+    except (ValueError, OSError, KeyError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelSourceError(f"cannot load the tokenizer of {location}: {first_line}") from exc
+    try:
+        eos = GenerationConfig.from_pretrained(location, **kwargs).eos_token_id
+    except (ValueError, OSError):
+        eos = None
+    eos = tokenizer.eos_token_id if eos is None else eos
+    return tokenizer, frozenset(eos if isinstance(eos, list) else [eos]) - {None}
+
+
 def source_key(model: str) -> str:
     """Artifact key of a converted source: the key of its plain float recipe."""
     return Recipe(model=model, device="cpu", dtype="fp32").key()

@@ -12,8 +12,13 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("fp32", "fp16", "bf16", "int8", "int4", "nf4", "fp4")
+RUNTIMES = ("transformers", "llama.cpp")  # what runs the model: PyTorch modules through transformers, or GGUF files
 FLOAT_DTYPES = ("fp32", "fp16", "bf16")
+TRANSFORMERS_DTYPES = (*FLOAT_DTYPES, "int8", "int4", "nf4", "fp4")
+# llama.cpp's formats, quantized by llama.cpp's own quantizer; "shipped" runs a .gguf source exactly as it is.
+LLAMA_CPP_DTYPES = (*FLOAT_DTYPES, "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_1", "q4_0", "shipped")
+LLAMA_CPP_ALIASES = {"int8": "q8_0", "int4": "q4_0"}  # the generic names, under llama.cpp: one recipe, one key
+DTYPES = tuple(dict.fromkeys(TRANSFORMERS_DTYPES + LLAMA_CPP_DTYPES))  # every dtype some runtime runs
 PRUNE_METHODS = ("none", "magnitude", "2:4", "channels", "layers")
 PRUNE_CRITERIA = ("magnitude", "wanda")  # how unstructured and 2:4 pruning rank weights
 MAX_PRUNE_RATIO = 0.9
@@ -66,12 +71,14 @@ class Recipe:
     """
 
     model: str = EMBEDDED  # "embedded", a hub id, a local directory or a .gguf file
+    runtime: str = "transformers"  # one of RUNTIMES
     device: str = "auto"
-    dtype: str = "fp32"  # float cast or quantized weight format
-    backend: str = "auto"  # the quantization library that runs dtype; resolved by optimize.resolve()
+    dtype: str = "fp32"  # float cast or quantized weight format (what each runtime runs: *_DTYPES)
+    backend: str = "auto"  # the library that runs dtype; resolved by the runtime's check
     prune: PruneSpec = field(default_factory=PruneSpec)
     variant: str = "none"  # distilled variant: "none", a catalog name or a student built here
     batch_size: int = 1  # how many concurrent requests the worker may run together
+    threads: int = 0  # llama.cpp's threads; 0 = one per physical core (resolved before the key)
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model.strip():
@@ -79,17 +86,26 @@ class Recipe:
         object.__setattr__(self, "model", self.model.strip())
         if self.device not in DEVICES:
             raise RecipeError("device", f"unknown device {self.device!r}; allowed: {', '.join(DEVICES)}")
+        if self.runtime not in RUNTIMES:
+            raise RecipeError("runtime", f"unknown runtime {self.runtime!r}; allowed: {', '.join(RUNTIMES)}")
         if self.dtype not in DTYPES:
             raise RecipeError("dtype", f"unknown dtype {self.dtype!r}; allowed: {', '.join(DTYPES)}")
         if not isinstance(self.backend, str) or not self.backend:
             raise RecipeError("backend", "backend must be 'auto' or a backend name")
-        if self.dtype in FLOAT_DTYPES and self.backend == "auto":
+        if self.runtime == "llama.cpp":
+            object.__setattr__(self, "dtype", LLAMA_CPP_ALIASES.get(self.dtype, self.dtype))
+            if self.backend == "auto":
+                object.__setattr__(self, "backend", "llama.cpp")  # its own kernels: one key for every recipe
+        elif self.dtype in FLOAT_DTYPES and self.backend == "auto":
             object.__setattr__(self, "backend", "torch")  # a float cast has one backend: one key for it
         if isinstance(self.prune, dict):
             object.__setattr__(self, "prune", PruneSpec(**self.prune))
         if not isinstance(self.variant, str) or not self.variant.strip():
             raise RecipeError("variant", "variant must be 'none' or a variant name")
         check_batch_size(self.batch_size)
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or not 0 <= self.threads <= 1024:
+            raise RecipeError("threads", f"threads must be an integer from 0 (one per physical core) to 1024, "
+                                         f"got {self.threads!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,13 +117,20 @@ class Recipe:
         return cls(**data)
 
     def key(self) -> str:
-        """Short sha256 of the canonical JSON: the name of this recipe's artifacts, cache entries and metrics rows."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """Short sha256 of the canonical JSON: the name of this recipe's artifacts, cache entries and metrics rows.
+
+        Fields that joined the recipe later (``KEY_DEFAULTS``) are left out while they hold their default, so
+        that every artifact, cached answer and history row written before they existed keeps its key.
+        """
+        data = {k: v for k, v in self.to_dict().items() if KEY_DEFAULTS.get(k, object()) != v}
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def baseline(self) -> "Recipe":
-        """Same model and device, no pruning, no variant, in the device's working precision (fp16 on CUDA)."""
-        return replace(self, dtype=working_precision(self.device), backend="torch", prune=PruneSpec(), variant="none")
+        """Same model and device under transformers, no pruning, no variant, in the device's working precision
+        (fp16 on CUDA): what every recipe is measured against."""
+        return replace(self, runtime="transformers", threads=0, dtype=working_precision(self.device),
+                       backend="torch", prune=PruneSpec(), variant="none")
 
     def is_baseline(self) -> bool:
         return self == self.baseline()
@@ -124,7 +147,12 @@ class Recipe:
             parts.append(f"variant {self.variant}")
         if self.batch_size != 1:
             parts.append(f"batch {self.batch_size}")
+        if self.threads:
+            parts.append(f"{self.threads} thread{'s' if self.threads != 1 else ''}")
         return " · ".join(parts)
+
+
+KEY_DEFAULTS = {"runtime": "transformers", "threads": 0}
 
 
 def working_precision(device: str) -> str:

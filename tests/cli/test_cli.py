@@ -11,7 +11,7 @@ from workbench.recipe import Recipe
 
 CONTRACT_KEYS = {"recipe", "recipe_key", "text", "prompt_tokens", "new_tokens", "ttft_ms", "tpot_ms", "e2e_ms",
                  "decode_tok_s", "cache", "model"}
-MODEL_KEYS = {"params", "nonzero_params", "weight_bytes", "build_s", "backend"}
+MODEL_KEYS = {"params", "nonzero_params", "weight_bytes", "build_s", "backend", "threads"}
 SUMMARY_KEYS = {"n", "mean", "p50", "p90", "p99"}
 
 

@@ -42,7 +42,7 @@ def test_sidebar_offers_every_recipe_control(tiny_model_dir):
     at = tiny_app(tiny_model_dir).run()
     assert not at.exception
     labels = [s.label for s in at.sidebar.selectbox]
-    assert labels == ["Model", "Device", "dtype", "Pruning", "Distilled variant"]
+    assert labels == ["Model", "Runtime", "Device", "dtype", "Pruning", "Distilled variant"]
     assert at.selectbox(key=state.DTYPE).options[:3] == ["fp32", "fp16", "bf16"]
     assert len(at.selectbox(key=state.DTYPE).options) == 7
     assert at.selectbox(key=state.PRUNE_METHOD).value == "none" and not at.sidebar.slider  # no ratio for none

@@ -42,12 +42,14 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
     """The Recipe the flags describe (device not yet resolved); raises RecipeError naming the flag."""
     return Recipe(
         model=args.model,
+        runtime=args.runtime,
         device=args.device,
         dtype=args.dtype,
         backend=args.backend,
         prune=PruneSpec(args.prune_method, args.prune_ratio, args.prune_criterion),
         variant=args.variant,
         batch_size=args.batch_size,
+        threads=args.threads,
     )
 
 

@@ -11,8 +11,9 @@ import argparse
 from dataclasses import MISSING, fields
 
 from ..observe.prometheus import DEFAULT_METRICS_PORT
-from ..recipe import (DEFAULT_STUDENT_STEPS, DEVICES, DTYPES, MAX_PRUNE_RATIO, PRUNE_CRITERIA, PRUNE_METHODS,
-                      GenerationSettings, PruneSpec, Recipe, StudentSpec)
+from ..recipe import (DEFAULT_STUDENT_STEPS, DEVICES, DTYPES, LLAMA_CPP_ALIASES, LLAMA_CPP_DTYPES, MAX_PRUNE_RATIO,
+                      PRUNE_CRITERIA, PRUNE_METHODS, RUNTIMES, TRANSFORMERS_DTYPES, GenerationSettings, PruneSpec, Recipe,
+                      StudentSpec)
 from ..response_cache.keys import DEFAULT_THRESHOLD
 from ..serving.options import DEFAULT_BATCH_WINDOW_S, SCHEDULERS
 
@@ -98,8 +99,16 @@ def _recipe_flags() -> argparse.ArgumentParser:
     model, device, dtype = (default(Recipe, name) for name in ("model", "device", "dtype"))
     group.add_argument("--model", default=model,
                        help=f"'{model}' (default), a hub id, a local model directory or a .gguf file")
+    runtime = default(Recipe, "runtime")
+    group.add_argument("--runtime", choices=RUNTIMES, default=runtime,
+                       help=f"what runs the model (default {runtime}); llama.cpp writes the recipe as a GGUF file, "
+                            "quantizes it with llama.cpp's quantizer and runs it in llama.cpp")
     group.add_argument("--device", choices=DEVICES, default=device, help=f"default: {device} (the fastest present)")
-    group.add_argument("--dtype", choices=DTYPES, default=dtype, help=f"weight format (default {dtype})")
+    aliases = ", ".join(f"{a} means {b}" for a, b in LLAMA_CPP_ALIASES.items())
+    group.add_argument("--dtype", choices=DTYPES, default=dtype, metavar="DTYPE",
+                       help=f"weight format (default {dtype}): under transformers {', '.join(TRANSFORMERS_DTYPES)}; "
+                            f"under llama.cpp {', '.join(LLAMA_CPP_DTYPES)} ({aliases}; shipped runs a .gguf "
+                            "source as it is)")
     # Backend names come from the quantization registry, which imports torch: the library checks them.
     group.add_argument("--backend", default=default(Recipe, "backend"),
                        help="library that runs a quantized dtype, e.g. torch-dynamic or bnb-nf4 (default: auto, the "
@@ -118,6 +127,9 @@ def _recipe_flags() -> argparse.ArgumentParser:
     batch_size = default(Recipe, "batch_size")
     group.add_argument("--batch-size", type=int, default=batch_size, metavar="N",
                        help=f"requests the worker may run together (default {batch_size})")
+    threads = default(Recipe, "threads")
+    group.add_argument("--threads", type=int_at_least(0), default=threads, metavar="N",
+                       help=f"llama.cpp's threads (default {threads}: one per physical core)")
     group.add_argument("--trust-remote-code", action="store_true",
                        help="allow model code from the hub; only for authors you trust")
     return flags

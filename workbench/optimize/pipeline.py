@@ -36,13 +36,15 @@ def resolve(recipe: Recipe) -> Recipe:
     return replace(recipe, device=device, backend=resolve_backend(recipe.dtype, recipe.backend, device))
 
 
-def build(recipe: Recipe, *, trust_remote_code: bool = False, on_stage: OnStage | None = None) -> OptimizedModel:
+def build(recipe: Recipe, *, trust_remote_code: bool = False, on_stage: OnStage | None = None,
+          channel_multiple: int = 1) -> OptimizedModel:
     """Build the model a recipe describes: load -> variant -> prune -> quantize -> place.
 
     Args:
         recipe: what to build; "auto" device and backend are resolved here.
         trust_remote_code: allow hub model code (opt-in).
         on_stage: progress callback ``(stage, fraction 0..1)``.
+        channel_multiple: channel pruning keeps a multiple of this many channels.
     """
     on_stage = on_stage or no_stage
     recipe = resolve(recipe)
@@ -55,7 +57,7 @@ def build(recipe: Recipe, *, trust_remote_code: bool = False, on_stage: OnStage 
         notes.append(f"distilled variant {recipe.variant} of {recipe.model}")
     model, tokenizer, _ = loading.load(source, trust_remote_code=trust_remote_code, on_stage=on_stage)
     if recipe.prune.method != "none":
-        notes += _prune(model, tokenizer, recipe, on_stage)
+        notes += _prune(model, tokenizer, recipe, on_stage, channel_multiple)
     params, nonzero = count_params(model)
     on_stage(f"Placing on {recipe.device} as {recipe.dtype}", 0.85)
     backend = _place_and_quantize(model, recipe, notes)
@@ -64,14 +66,14 @@ def build(recipe: Recipe, *, trust_remote_code: bool = False, on_stage: OnStage 
     devices.sync(recipe.device)
     build_s = time.perf_counter() - start
     on_stage("Ready", 1.0)
-    stats = ModelStats(params, nonzero, weight_bytes(model), build_s, backend)
+    stats = ModelStats(params, nonzero, weight_bytes(model), build_s, backend, threads=torch.get_num_threads())
     inference_ok = recipe.dtype in FLOAT_DTYPES or BACKENDS[recipe.backend].inference_mode
     return OptimizedModel(model, tokenizer, recipe, stats, notes + _speed_notes(recipe), inference_ok)
 
 
-def _prune(model, tokenizer, recipe: Recipe, on_stage: OnStage) -> list[str]:
+def _prune(model, tokenizer, recipe: Recipe, on_stage: OnStage, channel_multiple: int = 1) -> list[str]:
     on_stage(f"Pruning: {recipe.prune.method} {recipe.prune.ratio:.0%}", 0.7)
-    return prune_(model, recipe.prune, calibration_inputs(tokenizer))
+    return prune_(model, recipe.prune, calibration_inputs(tokenizer), channel_multiple)
 
 
 def _place_and_quantize(model, recipe: Recipe, notes: list[str]) -> str:
@@ -146,7 +148,7 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
 
 def measure(model: torch.nn.Module, build_s: float, backend: str) -> ModelStats:
     params, nonzero = count_params(model)
-    return ModelStats(params, nonzero, weight_bytes(model), build_s, backend)
+    return ModelStats(params, nonzero, weight_bytes(model), build_s, backend, threads=torch.get_num_threads())
 
 
 def _prepare_tokenizer(tokenizer, model) -> None:

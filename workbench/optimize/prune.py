@@ -28,13 +28,16 @@ def _handler(method: str):
     return register
 
 
-def prune_(model: nn.Module, spec: PruneSpec, calibration: list[torch.Tensor] | None = None) -> list[str]:
+def prune_(model: nn.Module, spec: PruneSpec, calibration: list[torch.Tensor] | None = None,
+           channel_multiple: int = 1) -> list[str]:
     """Prune ``model`` in place as ``spec`` says.
 
     Args:
         model: a causal LM (Llama-style decoder layers for "channels" and "layers").
         spec: method and ratio; ratio 0 leaves the model untouched.
         calibration: token-id tensors (1, T) used by data-aware criteria (Wanda, channels, layers).
+        channel_multiple: channel pruning keeps a multiple of this many channels (llama.cpp's quantized
+            blocks hold 32 weights of a row).
 
     Returns:
         Notes for the user (e.g. which layers were removed).
@@ -42,7 +45,7 @@ def prune_(model: nn.Module, spec: PruneSpec, calibration: list[torch.Tensor] | 
     if spec.method == "none" or spec.ratio == 0.0:
         return []
     with torch.no_grad():
-        return _HANDLERS[spec.method](model, spec, calibration or [])
+        return _HANDLERS[spec.method](model, spec, calibration or [], channel_multiple=channel_multiple)
 
 
 def prunable_linears(model: nn.Module) -> dict[str, nn.Linear]:
@@ -66,7 +69,7 @@ def _importance(model: nn.Module, spec: PruneSpec, calibration) -> Iterator[tupl
 
 
 @_handler("magnitude")
-def _unstructured(model: nn.Module, spec: PruneSpec, calibration) -> list[str]:
+def _unstructured(model: nn.Module, spec: PruneSpec, calibration, **_) -> list[str]:
     count = 0
     for w, score in _importance(model, spec, calibration):
         count += 1
@@ -82,7 +85,7 @@ def _unstructured(model: nn.Module, spec: PruneSpec, calibration) -> list[str]:
 
 
 @_handler("2:4")
-def _semi_structured(model: nn.Module, spec: PruneSpec, calibration) -> list[str]:
+def _semi_structured(model: nn.Module, spec: PruneSpec, calibration, **_) -> list[str]:
     for w, score in _importance(model, spec, calibration):
         if w.shape[1] % 4:
             continue
@@ -94,7 +97,8 @@ def _semi_structured(model: nn.Module, spec: PruneSpec, calibration) -> list[str
 
 
 @_handler("channels")
-def _channels(model: nn.Module, spec: PruneSpec, calibration) -> list[str]:
+def _channels(model: nn.Module, spec: PruneSpec, calibration, channel_multiple: int = 1) -> list[str]:
+    multiple = channel_multiple
     layers = decoder_layers(model)
     mlps = [layer.mlp for layer in layers]
     if not all(all(hasattr(m, p) for p in ("gate_proj", "up_proj", "down_proj")) for m in mlps):
@@ -104,7 +108,7 @@ def _channels(model: nn.Module, spec: PruneSpec, calibration) -> list[str]:
             "available for it: none, magnitude, 2:4, layers",
         )
     width = mlps[0].down_proj.in_features
-    keep = max(1, round((1 - spec.ratio) * width))
+    keep = max(multiple, round((1 - spec.ratio) * width / multiple) * multiple)
     importance = _channel_importance(model, mlps, calibration)
     for mlp, score in zip(mlps, importance):
         kept = torch.topk(score, keep).indices.sort().values
@@ -114,11 +118,12 @@ def _channels(model: nn.Module, spec: PruneSpec, calibration) -> list[str]:
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = keep
     model.config.intermediate_size = keep
-    return [f"MLP width {width} -> {keep} channels in each of {len(mlps)} layers"]
+    rounded = f" (rounded to a multiple of {multiple})" if multiple > 1 else ""
+    return [f"MLP width {width} -> {keep} channels in each of {len(mlps)} layers{rounded}"]
 
 
 @_handler("layers")
-def _layers(model: nn.Module, spec: PruneSpec, calibration) -> list[str]:
+def _layers(model: nn.Module, spec: PruneSpec, calibration, **_) -> list[str]:
     layers = decoder_layers(model)
     n_drop = min(len(layers) - 1, round(spec.ratio * len(layers)))
     if n_drop == 0:

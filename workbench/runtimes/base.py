@@ -177,6 +177,7 @@ class Runtime:
         build: ``build(recipe, trust_remote_code=..., on_stage=...) -> LoadedModel``.
         backends: ``backends(dtype, device)`` -> the kernel paths that run ``dtype`` on ``device``, default first.
         problem: why this runtime cannot run on this machine at all (a missing package), or None.
+        dtypes: the recipe dtypes it runs.
     """
 
     name: str
@@ -184,3 +185,4 @@ class Runtime:
     build: Callable[..., LoadedModel]
     backends: Callable[[str, str], list[Backend]]
     problem: Callable[[], str | None] = lambda: None
+    dtypes: tuple[str, ...] = ()

@@ -23,7 +23,7 @@ from ..conversation import encode_chat
 from ..optimize import pipeline, quantize
 from ..optimize.pipeline import OptimizedModel
 from ..progress import OnStage
-from ..recipe import FLOAT_DTYPES, GenerationSettings, Recipe
+from ..recipe import FLOAT_DTYPES, TRANSFORMERS_DTYPES, GenerationSettings, Recipe, RecipeError
 from .base import Backend, ContinuousListener, LoadedModel, OnToken, Row, Runtime
 
 NAME = "transformers"
@@ -314,6 +314,12 @@ class _ContinuousBatcher:
 
 def check(recipe: Recipe) -> Recipe:
     """The recipe with device and backend resolved; RecipeError for what cannot run here (nothing is loaded)."""
+    if recipe.dtype not in TRANSFORMERS_DTYPES:
+        raise RecipeError("dtype", f"{recipe.dtype} is a llama.cpp format: add --runtime llama.cpp (the transformers "
+                                   f"runtime runs {', '.join(TRANSFORMERS_DTYPES)})")
+    if recipe.threads:
+        raise RecipeError("threads", "only the llama.cpp runtime takes a thread count; transformers uses PyTorch's "
+                                     "(leave --threads out, or add --runtime llama.cpp)")
     return pipeline.check_supported(recipe)
 
 
@@ -324,9 +330,11 @@ def build(recipe: Recipe, *, trust_remote_code: bool = False, on_stage: OnStage 
 
 def backends(dtype: str, device: str) -> list[Backend]:
     """The kernel paths that run ``dtype`` on ``device``, the default first (a float dtype has one: a cast)."""
+    if dtype not in TRANSFORMERS_DTYPES:
+        return []
     if dtype in FLOAT_DTYPES:
         return [Backend("torch", dtype, f"dense {dtype} matmuls (PyTorch {device.upper()})")]
     return [Backend(b.name, b.dtype, b.label, b.why) for b in quantize.backends_for(dtype, device)]
 
 
-RUNTIME = Runtime(NAME, check=check, build=build, backends=backends)
+RUNTIME = Runtime(NAME, check=check, build=build, backends=backends, dtypes=TRANSFORMERS_DTYPES)

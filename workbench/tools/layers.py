@@ -36,8 +36,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("interfaces", ("workbench.cli", "workbench.ui", "workbench.tools", "workbench.__main__")),
 )
 SEAM = "runtimes"  # the layer whose modules may reach the model libraries for the layers above
-MODEL_LIBRARIES = ("torch", "transformers", "workbench.runtimes.transformers", "workbench.optimize.pipeline",
-                   "workbench.optimize.prune", "workbench.optimize.quantize")
+MODEL_LIBRARIES = ("torch", "transformers", "llama_cpp", "workbench.runtimes.transformers", "workbench.runtimes.llamacpp",
+                   "workbench.optimize.pipeline", "workbench.optimize.prune", "workbench.optimize.quantize")
 SEAM_EXCEPTIONS = {
     # The response cache's own sentence-embedding model (not a recipe's), loaded with transformers.
     "workbench.response_cache.embedder": ("torch", "transformers"),
@@ -173,7 +173,9 @@ def check(root: Path = ROOT) -> list[str]:
             if imp.target == UI_ONLY and not name.startswith("workbench.ui"):
                 problems.append(f"{where}: {name} imports streamlit; only workbench.ui may")
             seam = [r for r, (layer, _) in enumerate(LAYERS) if layer == SEAM][0]
-            if rank > seam and imp.target in MODEL_LIBRARIES and imp.target not in SEAM_EXCEPTIONS.get(name, ()):
+            library = next((lib for lib in MODEL_LIBRARIES if imp.target == lib or imp.target.startswith(lib + ".")),
+                           None)
+            if rank > seam and library and library not in SEAM_EXCEPTIONS.get(name, ()):
                 problems.append(f"{where}: {name} imports {imp.target}; above the runtime seam, go through "
                                 "workbench.runtimes")
     for component in cycles(edges):

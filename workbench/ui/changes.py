@@ -148,9 +148,18 @@ def build_rows(model, baseline) -> list[dict]:
              + (f" ({zeros:.0%} of this model's weights are zero)" if zeros >= 0.01 else "")),
         _row("Weight bytes", human_bytes(base.weight_bytes), human_bytes(mine.weight_bytes),
              _times(mine.weight_bytes, base.weight_bytes, "smaller", "larger", lower_is_better=True)),
+        _row("Bits per weight", f"{base.bits_per_weight:.2f}", f"{mine.bits_per_weight:.2f}",
+             _times(mine.bits_per_weight, base.bits_per_weight, "fewer", "more", lower_is_better=True)),
         _row("Build time", f"{base.build_s:.1f} s", f"{mine.build_s:.1f} s", ""),
+        _row("Runtime", f"{baseline.recipe.runtime} · {_threads(base.threads)}",
+             f"{model.recipe.runtime} · {_threads(mine.threads)}",
+             "same" if baseline.recipe.runtime == model.recipe.runtime else "changed"),
         _row("Kernel path", base.backend, mine.backend, "same" if base.backend == mine.backend else "changed"),
     ]
+
+
+def _threads(n: int | None) -> str:
+    return "threads: the library's choice" if not n else f"{n} thread{'s' if n != 1 else ''}"
 
 
 def _row(name: str, baseline: str, recipe: str, change: str) -> dict:

@@ -85,10 +85,21 @@ def model_card(slot: shared.ModelSlot, notes: bool = True) -> None:
             f"**{recipe.label()}**  \nrecipe key `{recipe.key()}`  \n"
             f"{human_count(stats.params)} parameters · {human_bytes(stats.weight_bytes)} of weights  \n"
             + nonzero_line(stats.params, stats.nonzero_params)
+            + runtime_line(recipe.runtime, stats)
             + f"built in {stats.build_s:.1f} s · backend: {stats.backend}"
         )
         if notes and model.notes:
             st.info("\n".join(f"- {note}" for note in model.notes), icon=":material/info:")
+
+
+def runtime_line(runtime: str, stats) -> str:
+    """'runtime llama.cpp · 2 threads · 5.35 bits per weight' and a line break."""
+    parts = [f"runtime {runtime}"]
+    if stats.threads:
+        parts.append(f"{stats.threads} thread{'s' if stats.threads != 1 else ''}")
+    if stats.tensor_types is not None:
+        parts.append(f"{stats.bits_per_weight:.2f} bits per weight")
+    return " · ".join(parts) + "  \n"
 
 
 def nonzero_line(params: int, nonzero: int) -> str:

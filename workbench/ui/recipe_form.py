@@ -13,12 +13,17 @@ import streamlit as st
 from .. import catalog, devices, loading, runtimes
 from ..formats import sentence
 from ..optimize import variants
-from ..recipe import DTYPES, EMBEDDED, FLOAT_DTYPES, MAX_PRUNE_RATIO, PRUNE_CRITERIA, PRUNE_METHODS, PruneSpec, Recipe
+from ..recipe import EMBEDDED, FLOAT_DTYPES, MAX_PRUNE_RATIO, PRUNE_CRITERIA, PRUNE_METHODS, RUNTIMES, PruneSpec, Recipe
 from ..recipe import RecipeError
 from . import state
 
 DTYPE_LABELS = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "int8 (quantized)", "int4": "int4 (quantized)",
-                "nf4": "nf4 (quantized, 4-bit NormalFloat)", "fp4": "fp4 (quantized, 4-bit float)"}
+                "nf4": "nf4 (quantized, 4-bit NormalFloat)", "fp4": "fp4 (quantized, 4-bit float)",
+                "q8_0": "q8_0 (8-bit blocks)", "q6_k": "q6_k (6-bit k-quant)", "q5_k_m": "q5_k_m (5-bit k-quant)",
+                "q5_0": "q5_0 (5-bit blocks)", "q4_k_m": "q4_k_m (4-bit k-quant)", "q4_1": "q4_1 (4-bit blocks)",
+                "q4_0": "q4_0 (4-bit blocks)", "shipped": "shipped (the .gguf file as it is)"}
+RUNTIME_HELP = ("transformers runs the recipe as PyTorch modules; llama.cpp writes it as a GGUF file, quantizes it "
+                "with llama.cpp's own quantizer and runs it in llama.cpp's C++ kernels.")
 PRUNE_LABELS = {"none": "none", "magnitude": "magnitude — unstructured zeros", "2:4": "2:4 — semi-structured zeros",
                 "channels": "channels — narrower MLPs", "layers": "layers — fewer decoder layers"}
 RATIO_LABELS = {"magnitude": "Weights zeroed", "2:4": "Weights zeroed (fixed by 2:4)",
@@ -53,24 +58,24 @@ def recipe_controls(prefix: str = state.RECIPE_PREFIX) -> tuple[Recipe | None, s
     """
     key = functools.partial(state.widget_key, prefix=prefix)
     model = _model_input(prefix)
+    runtime = _runtime_input(prefix)
     device = st.selectbox("Device", devices.available_devices(), key=key(state.DEVICE),
                           help="Only devices present on this machine are listed; auto picks the fastest.")
     if device == "auto":
-        st.caption(f"auto → {_concrete_device(device)}")
-    dtype = st.selectbox("dtype", DTYPES, key=key(state.DTYPE), format_func=DTYPE_LABELS.get,
-                         help="fp32, fp16 and bf16 cast the weights; int8, int4, nf4 and fp4 quantize the "
-                              "Linear layers (not the embeddings or the LM head) through the backend shown.")
-    backend = _backend_input(dtype, _concrete_device(device), prefix)
+        st.caption(f"auto → {'cpu' if runtime == 'llama.cpp' else _concrete_device(device)}")
+    dtype = _dtype_input(runtime, prefix)
+    backend = _backend_input(dtype, _concrete_device(device), prefix, runtime)
     prune = _prune_input(prefix)
     variant = _variant_input(model, prefix)
     batch_size = batch_size_input(prefix)
+    threads = _threads_input(prefix) if runtime == "llama.cpp" else 0
     trust = False
     if model and _is_hub_id(model):
         trust = st.checkbox("Allow remote code (trust_remote_code)", key=key(state.TRUST_REMOTE_CODE),
                             help="Some hub models ship their own Python code. Allow it only if you trust "
                                  "the model's authors.")
     recipe, problem = (None, None) if model is None else resolve_choice(model, device, dtype, backend, prune,
-                                                                         variant, batch_size)
+                                                                         variant, batch_size, runtime, threads)
     if problem:
         st.error(problem, icon=":material/block:")
     return recipe, problem, trust
@@ -89,6 +94,8 @@ def seed_controls(recipe: Recipe, prefix: str, trust: bool = False, overwrite: b
     known = recipe.model == EMBEDDED or recipe.model in {m.model for m in catalog.HUB_MODELS}
     values = {
         key(state.MODEL_CHOICE): recipe.model if known else state.OTHER_MODEL,
+        key(state.RUNTIME): recipe.runtime,
+        key(state.THREADS): recipe.threads,
         key(state.DEVICE): recipe.device,
         key(state.DTYPE): recipe.dtype,
         key(state.PRUNE_METHOD): recipe.prune.method,
@@ -99,7 +106,7 @@ def seed_controls(recipe: Recipe, prefix: str, trust: bool = False, overwrite: b
     }
     if not known:
         values[key(state.MODEL_OTHER)] = recipe.model
-    if recipe.dtype not in FLOAT_DTYPES:
+    if recipe.dtype not in FLOAT_DTYPES and recipe.runtime == "transformers":
         values[key(state.BACKEND)] = recipe.backend
     if recipe.prune.method not in ("none", "2:4"):
         values[key(state.PRUNE_RATIO)] = int(round(recipe.prune.ratio * 100))
@@ -109,15 +116,16 @@ def seed_controls(recipe: Recipe, prefix: str, trust: bool = False, overwrite: b
 
 
 def resolve_choice(model: str, device: str, dtype: str, backend: str = "auto", prune: PruneSpec = PruneSpec(),
-                   variant: str = "none", batch_size: int = 1) -> tuple[Recipe | None, str | None]:
+                   variant: str = "none", batch_size: int = 1, runtime: str = "transformers",
+                   threads: int = 0) -> tuple[Recipe | None, str | None]:
     """The recipe the sidebar's choices describe, checked against this machine: (recipe, None) or (None, why).
 
     "auto" device and backend are made concrete, so that the cache key names what really runs; a backend
     that does not run on the device, or a variant that does not exist, is a message, never an exception.
     """
     try:
-        recipe = Recipe(model=model, device=device, dtype=dtype, backend=backend, prune=prune, variant=variant,
-                        batch_size=batch_size)
+        recipe = Recipe(model=model, runtime=runtime, device=device, dtype=dtype, backend=backend, prune=prune,
+                        variant=variant, batch_size=batch_size, threads=threads)
         return runtimes.check(recipe), None
     except RecipeError as exc:
         return None, str(exc)
@@ -141,9 +149,46 @@ def _concrete_device(device: str) -> str:
         return device  # resolve_choice reports it
 
 
-def _backend_input(dtype: str, device: str, prefix: str = state.RECIPE_PREFIX) -> str:
+def _runtime_input(prefix: str = state.RECIPE_PREFIX) -> str:
+    """The runtime; one that cannot run here is listed with the reason."""
+    def label(name: str) -> str:
+        return name if runtimes.RUNTIMES[name].problem() is None else f"{name} (not available here)"
+
+    runtime = st.selectbox("Runtime", RUNTIMES, key=state.widget_key(state.RUNTIME, prefix), format_func=label,
+                           help=RUNTIME_HELP)
+    return runtime
+
+
+def _dtype_input(runtime: str, prefix: str = state.RECIPE_PREFIX) -> str:
+    """The weight formats the runtime runs (a choice made under the other runtime falls back to the default)."""
+    dtype_key = state.widget_key(state.DTYPE, prefix)
+    options = runtimes.RUNTIMES[runtime].dtypes
+    if st.session_state.get(dtype_key) not in options:
+        st.session_state.pop(dtype_key, None)
+    help_text = ("fp32, fp16 and bf16 cast the weights; int8, int4, nf4 and fp4 quantize the Linear layers (not "
+                 "the embeddings or the LM head) through the backend shown." if runtime == "transformers" else
+                 "llama.cpp's formats, made by its own quantizer from the recipe's float weights (after any variant "
+                 "and pruning); shipped runs a .gguf source as it is.")
+    return st.selectbox("dtype", options, key=dtype_key, format_func=DTYPE_LABELS.get, help=help_text)
+
+
+def _threads_input(prefix: str = state.RECIPE_PREFIX) -> int:
+    """llama.cpp's threads: 0 is one per physical core."""
+    cores = devices.physical_cores()
+    return int(st.number_input("Threads", min_value=0, max_value=256, value=0, step=1,
+                               key=state.widget_key(state.THREADS, prefix),
+                               help=f"0 = one per physical core ({cores} here), which decodes fastest; llama.cpp's "
+                                    "own default is half the logical CPUs."))
+
+
+def _backend_input(dtype: str, device: str, prefix: str = state.RECIPE_PREFIX, runtime: str = "transformers") -> str:
     """The backend that runs ``dtype`` on ``device``: shown when there is one, a choice when there are several."""
     backend_key = state.widget_key(state.BACKEND, prefix)
+    if runtime != "transformers":
+        found = runtimes.backends(dtype, "cpu" if device == "auto" else device, runtime)
+        if found:
+            st.caption(f"Runs on **{found[0].label}**.")
+        return found[0].name if found else "auto"
     if dtype in FLOAT_DTYPES:
         (cast,) = runtimes.backends(dtype, device)
         st.caption(f"Runs on {cast.label}.")

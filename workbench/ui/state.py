@@ -13,6 +13,8 @@ from ..response_cache.keys import DEFAULT_THRESHOLD, CachePolicy
 RECIPE_PREFIX = "recipe"
 MODEL_CHOICE = "recipe.model_choice"  # "embedded", a catalog hub id, or OTHER_MODEL
 MODEL_OTHER = "recipe.model_other"  # free text: hub id, model directory or .gguf file
+RUNTIME = "recipe.runtime"  # "transformers" or "llama.cpp"
+THREADS = "recipe.threads"  # llama.cpp's threads, 0 = one per physical core
 DEVICE = "recipe.device"
 DTYPE = "recipe.dtype"
 BACKEND = "recipe.backend"  # a quantization backend name; only while the dtype has several

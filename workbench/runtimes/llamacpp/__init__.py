@@ -1,0 +1,210 @@
+"""The llama.cpp runtime: a recipe as a GGUF file, quantized by llama.cpp's own quantizer and run by llama.cpp.
+
+The pipeline's order stays: source -> float weights -> variant -> prune, then (instead of a PyTorch quantizer)
+write an F32 GGUF file and quantize it with ``llama_model_quantize``. ``--dtype shipped`` serves a ``.gguf``
+source exactly as it is. Every file is an artifact (temp file, then renamed into place) keyed by the weights'
+part of the recipe, so the batch size and threads share one file; a file that cannot be read is rebuilt.
+
+``llama-cpp-python`` is an optional library (it compiles llama.cpp when installed): without it the runtime says
+why it cannot run, and everything else works.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from ... import devices, loading, store
+from ...optimize import pipeline
+from ...optimize.stats import ModelStats
+from ...optimize.variants import find_student, variant_source
+from ...progress import OnStage, no_stage
+from ...recipe import LLAMA_CPP_DTYPES, Recipe, RecipeError
+from ..base import Backend, Runtime
+from . import export, gguf_files
+from .model import LlamaCppModel
+
+NAME = "llama.cpp"
+PACKAGE = "llama_cpp"
+INSTALL = ('CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF" pip install llama-cpp-python==0.3.36 '
+           "(make does this; it compiles llama.cpp, about 5 minutes on 2 cores)")
+CHANNEL_MULTIPLE = 32  # llama.cpp's quantized blocks hold 32 weights of a row: pruned MLP widths keep to it
+WHY_FASTER = ("llama.cpp multiplies the quantized weights directly in fused dot-product kernels (AVX-512 VNNI "
+              "where the CPU has it, Q4_0 repacked at load into the interleaved layout its kernels read fastest) "
+              "and runs the whole forward pass in C++, with no Python or PyTorch dispatch per token.")
+_problem: str | None = None
+_checked = False
+
+
+def problem() -> str | None:
+    """Why llama.cpp cannot run here (the bindings are missing or do not load), or None."""
+    global _problem, _checked
+    if not _checked:
+        _checked = True
+        if importlib.util.find_spec(PACKAGE) is None:
+            _problem = f"llama-cpp-python is not installed; install it with {INSTALL}"
+        else:
+            try:
+                import llama_cpp  # noqa: F401  (loads the compiled library)
+            except (ImportError, OSError) as exc:
+                _problem = f"llama-cpp-python is installed but does not load ({exc}); reinstall it with {INSTALL}"
+    return _problem
+
+
+def check(recipe: Recipe) -> Recipe:
+    """The recipe with device and threads resolved; RecipeError for what llama.cpp cannot run (nothing loads)."""
+    why = problem()
+    if why:
+        raise RecipeError("runtime", why)
+    device = "cpu" if recipe.device == "auto" else devices.resolve_device(recipe.device)
+    if device != "cpu":
+        raise RecipeError("device", f"this llama.cpp build runs on the CPU; choose --device cpu (or auto) for "
+                                    f"--runtime {NAME}, or --runtime transformers for {device}")
+    if recipe.dtype not in LLAMA_CPP_DTYPES:
+        kind = "a bitsandbytes format" if recipe.dtype in ("nf4", "fp4") else "not a llama.cpp format"
+        raise RecipeError("dtype", f"{recipe.dtype} is {kind}, which llama.cpp cannot run; with --runtime {NAME}, "
+                                   f"--dtype takes {', '.join(LLAMA_CPP_DTYPES)} (int8 means q8_0, int4 q4_0)")
+    if recipe.backend != NAME:
+        raise RecipeError("backend", f"llama.cpp runs its own kernels; --backend {recipe.backend} is a "
+                                     "transformers library (leave --backend out)")
+    if recipe.dtype == "shipped":
+        kind = loading.resolve_source(recipe.model).kind
+        if kind not in ("embedded", "gguf"):
+            raise RecipeError("dtype", "--dtype shipped runs a .gguf source as it is; this model is not a .gguf "
+                                       "file (choose a llama.cpp format to convert it)")
+        if recipe.prune.method != "none" or recipe.variant != "none":
+            raise RecipeError("dtype", "--dtype shipped runs the .gguf file as it is: no pruning and no variant "
+                                       "(choose a llama.cpp format, e.g. q4_0, to export a pruned model)")
+    if recipe.variant != "none":
+        variant_source(recipe.model, recipe.variant)
+    return replace(recipe, device=device, threads=recipe.threads or devices.physical_cores())
+
+
+def backends(dtype: str, device: str) -> list[Backend]:
+    """llama.cpp's own kernels, for every format it runs on the CPU."""
+    if dtype not in LLAMA_CPP_DTYPES or device not in ("cpu", "auto"):
+        return []
+    what = "the .gguf file as it is" if dtype == "shipped" else f"{dtype} GGUF, quantized by llama.cpp"
+    return [Backend(NAME, dtype, f"llama.cpp CPU kernels ({what})", WHY_FASTER)]
+
+
+# Building --------------------------------------------------------------------------------------------------
+
+
+def build(recipe: Recipe, *, trust_remote_code: bool = False, on_stage: OnStage | None = None) -> LlamaCppModel:
+    """The recipe's GGUF file (made and cached when it is not there yet), loaded by llama.cpp."""
+    on_stage = on_stage or no_stage
+    recipe = check(recipe)
+    start = time.perf_counter()
+    on_stage("Loading the tokenizer", 0.02)
+    tokenizer, eos_ids = loading.load_tokenizer(recipe.model, trust_remote_code=trust_remote_code,
+                                                on_stage=on_stage)
+    path, meta = gguf_file(recipe, trust_remote_code=trust_remote_code, on_stage=on_stage)
+    on_stage(f"Loading {path.name} into llama.cpp ({recipe.threads} threads)", 0.9)
+    found = gguf_files.contents(path)
+    stats = ModelStats(
+        params=found.params, nonzero_params=meta.get("nonzero_params", found.params), weight_bytes=found.weight_bytes,
+        build_s=time.perf_counter() - start, backend=f"llama.cpp {recipe.dtype} ({gguf_files.describe(found.tensor_types)})",
+        threads=recipe.threads, tensor_types=found.tensor_types,
+    )
+    model = LlamaCppModel(recipe, path, tokenizer, stats, _notes(recipe, meta, found), eos_ids)
+    on_stage("Ready", 1.0)
+    return model
+
+
+def weights_recipe(recipe: Recipe, dtype: str | None = None) -> Recipe:
+    """The part of a recipe that decides the file's weights: batch size and threads share one file."""
+    return replace(recipe, dtype=dtype or recipe.dtype, batch_size=1, threads=0)
+
+
+def gguf_file(recipe: Recipe, *, trust_remote_code: bool = False, on_stage: OnStage = no_stage) -> tuple[Path, dict]:
+    """The GGUF file of a resolved recipe and what its export recorded (notes, non-zero parameters).
+
+    An F32 export is made first (and kept: every format of the same weights is quantized from it).
+    """
+    if recipe.dtype == "shipped":
+        return Path(loading.resolve_source(recipe.model).location), {}
+    f32 = _artifact(weights_recipe(recipe, "fp32"), lambda tmp: _export(recipe, tmp, trust_remote_code, on_stage),
+                    on_stage, "Writing the F32 GGUF file")
+    if recipe.dtype == "fp32":
+        return f32
+    source, meta = f32
+
+    def write(tmp: Path) -> dict:
+        on_stage(f"Quantizing to {recipe.dtype} with llama.cpp's quantizer", 0.75)
+        gguf_files.quantize(source, tmp / "model.gguf", recipe.dtype, recipe.threads)
+        return meta
+
+    return _artifact(weights_recipe(recipe), write, on_stage, f"Quantizing to {recipe.dtype}")
+
+
+def _artifact(recipe: Recipe, write, on_stage: OnStage, stage: str) -> tuple[Path, dict]:
+    """``artifacts/<key>/model.gguf``: made by ``write(tmp_dir) -> meta`` unless a readable one is there."""
+    key = recipe.key()
+    path = store.artifact_path(key) / "model.gguf"
+    if store.artifact_ready(key):
+        try:
+            gguf_files.contents(path)
+            return path, json.loads((path.parent / "recipe.json").read_text()).get("export", {})
+        except (gguf_files.GGUFError, OSError, ValueError):
+            shutil.rmtree(path.parent, ignore_errors=True)  # damaged: never served, made again
+    on_stage(stage, 0.3)
+    made: dict = {}
+
+    def fill(tmp: Path) -> None:
+        made.update(write(tmp))
+
+    store.write_artifact(key, fill, {"recipe": recipe.to_dict(), "export": made})  # fill runs before it is written
+    return path, made
+
+
+def _export(recipe: Recipe, tmp: Path, trust_remote_code: bool, on_stage: OnStage) -> dict:
+    """Build the recipe's float model (variant, pruning) with the PyTorch pipeline and write it as F32 GGUF."""
+    float_recipe = replace(recipe, runtime="transformers", dtype="fp32", backend="torch", threads=0, batch_size=1)
+    built = pipeline.build(float_recipe, trust_remote_code=trust_remote_code, on_stage=on_stage,
+                           channel_multiple=CHANNEL_MULTIPLE)
+    on_stage("Writing the F32 GGUF file", 0.6)
+    source = loading.resolve_source(recipe.model)
+    # A GGUF source's tokenizer is copied as it is; a student built here shares its teacher's tokenizer.
+    same_vocab = recipe.variant == "none" or find_student(recipe.model, recipe.variant) is not None
+    from_gguf = Path(source.location) if source.kind in ("embedded", "gguf") and same_vocab else None
+    pre = None if from_gguf else choose_pre_tokenizer(built.tokenizer, tmp)
+    export.write_gguf(built.model, built.tokenizer, tmp / "model.gguf", name=recipe.label(), tokenizer_gguf=from_gguf,
+                      pre=pre)
+    return {"nonzero_params": built.stats.nonzero_params, "notes": list(built.notes), "pre_tokenizer": pre}
+
+
+def choose_pre_tokenizer(tokenizer, workdir: Path) -> str:
+    """The first of ``export.PRE_TOKENIZERS`` under which llama.cpp splits the probe texts as transformers does."""
+    for pre in export.PRE_TOKENIZERS:
+        probe = workdir / f"vocab-{pre}.gguf"
+        export.write_vocab(tokenizer, probe, pre)
+        try:
+            if export.tokenizer_mismatch(probe, tokenizer) is None:
+                return pre
+        finally:
+            probe.unlink(missing_ok=True)
+    raise RecipeError("runtime", "llama.cpp splits this model's text differently from transformers under every "
+                                 f"pre-tokenizer it knows ({', '.join(export.PRE_TOKENIZERS)}); it cannot be exported")
+
+
+def _notes(recipe: Recipe, meta: dict, found: gguf_files.Contents) -> list[str]:
+    notes = list(meta.get("notes") or [])
+    notes.append(f"GGUF file stores {gguf_files.describe(found.tensor_types)}: {found.bits_per_weight:.2f} bits "
+                 f"per weight, {found.block_count} blocks; runs on {recipe.threads} threads")
+    wanted = recipe.dtype.upper().removesuffix("_M")
+    if recipe.dtype not in ("shipped", "fp32", "fp16", "bf16") and not any(t.startswith(wanted) for t in found.tensor_types):
+        notes.append(f"llama.cpp stored no tensor as {recipe.dtype}: rows that do not fill its blocks fall back to "
+                     "other types (shown above)")
+    if recipe.prune.method in ("magnitude", "2:4"):
+        notes.append("unstructured and 2:4 zeros are written as dense weights: llama.cpp multiplies them like any "
+                     "other, so they buy no speed here")
+    notes.append(WHY_FASTER)
+    return notes
+
+
+RUNTIME = Runtime(NAME, check=check, build=build, backends=backends, problem=problem, dtypes=LLAMA_CPP_DTYPES)
