@@ -112,6 +112,20 @@ def test_pruned_exports_have_their_new_shapes_and_generate(tiny_model_dir):
     assert any("rounded to a multiple of 32" in note for note in narrow.notes)
 
 
+def test_a_student_built_here_exports_like_any_model(tiny_model_dir):
+    from workbench.optimize.distill import distill
+    from workbench.recipe import StudentSpec
+
+    spec = StudentSpec(layers_ratio=0.5, lr=1e-3, batch_size=2, seq_len=32, corpus_new_tokens=8, seed=5)
+    name = distill(str(tiny_model_dir), spec, steps=2)["name"]
+    student = runtimes.build(llama(tiny_model_dir, dtype="q8_0", variant=name))
+    assert gguf_files.contents(student.path).block_count == 1 and "variant" in student.recipe.label()
+    assert export.tokenizer_mismatch(student.path, student.tokenizer) is None  # the teacher's tokenizer
+    prompt = student.encode_chat([{"role": "user", "content": "Hello!"}])
+    assert len(complete(student, prompt, GenerationSettings(max_new_tokens=5, ignore_eos=True))) == 5
+    student.close()
+
+
 def test_batch_size_and_threads_share_one_file(tiny_model_dir, tiny_q8):
     other = runtimes.build(llama(tiny_model_dir, dtype="q8_0", batch_size=4, threads=1))
     assert other.path == tiny_q8.path and other.recipe.key() != tiny_q8.recipe.key()

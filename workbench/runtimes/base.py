@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..conversation import encode_chat
 from ..optimize.stats import ModelStats
 from ..recipe import GenerationSettings, Recipe
 
@@ -139,6 +140,22 @@ class LoadedModel(ABC):
 
     def close(self) -> None:
         """Free what the model holds outside Python's memory management (nothing, by default)."""
+
+
+class TokenizerText:
+    """Text and tokens through the model source's transformers tokenizer (``self.tokenizer``): a runtime that
+    uses it gives the same prompt ids, perplexity text and decoded answers as every other that does."""
+
+    tokenizer: object
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        return encode_chat(self.tokenizer, messages)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text)["input_ids"]
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
 
 def complete(model: LoadedModel, prompt_ids: list[int], settings: GenerationSettings) -> list[int]:

@@ -19,12 +19,11 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 from transformers.generation.streamers import BaseStreamer
 
 from .. import devices
-from ..conversation import encode_chat
 from ..optimize import pipeline, quantize
 from ..optimize.pipeline import OptimizedModel
 from ..progress import OnStage
 from ..recipe import FLOAT_DTYPES, TRANSFORMERS_DTYPES, GenerationSettings, Recipe, RecipeError
-from .base import Backend, ContinuousListener, LoadedModel, OnToken, Row, Runtime
+from .base import Backend, ContinuousListener, LoadedModel, OnToken, Row, Runtime, TokenizerText
 
 NAME = "transformers"
 # The continuous scheduler's paged KV cache is allocated up front: room for this many tokens (prompt and answer)
@@ -33,7 +32,7 @@ CONTINUOUS_TOKENS_PER_REQUEST = 1024
 CONTINUOUS_PAGE_SIZE = 64
 
 
-class TransformersModel(LoadedModel):
+class TransformersModel(TokenizerText, LoadedModel):
     """An ``OptimizedModel`` served by transformers' ``generate``.
 
     Args:
@@ -54,16 +53,7 @@ class TransformersModel(LoadedModel):
     def tokenizer(self):
         return self.optimized.tokenizer
 
-    # -- text and tokens
-
-    def encode_chat(self, messages: list[dict]) -> list[int]:
-        return encode_chat(self.tokenizer, messages)
-
-    def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer(text)["input_ids"]
-
-    def decode(self, token_ids: list[int]) -> str:
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+    # -- tokens
 
     @property
     def eos_ids(self) -> frozenset[int]:

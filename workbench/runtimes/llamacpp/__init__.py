@@ -128,38 +128,45 @@ def gguf_file(recipe: Recipe, *, trust_remote_code: bool = False, on_stage: OnSt
     """
     if recipe.dtype == "shipped":
         return Path(loading.resolve_source(recipe.model).location), {}
-    f32 = _artifact(weights_recipe(recipe, "fp32"), lambda tmp: _export(recipe, tmp, trust_remote_code, on_stage),
-                    on_stage, "Writing the F32 GGUF file")
+    target = weights_recipe(recipe)
+    found = _ready(target)
+    if found is not None:
+        return found
+    f32 = weights_recipe(recipe, "fp32")
+    source, meta = _ready(f32) or _make(f32, lambda tmp: _export(recipe, tmp, trust_remote_code, on_stage),
+                                        on_stage, "Writing the F32 GGUF file")
     if recipe.dtype == "fp32":
-        return f32
-    source, meta = f32
+        return source, meta
 
-    def write(tmp: Path) -> dict:
-        on_stage(f"Quantizing to {recipe.dtype} with llama.cpp's quantizer", 0.75)
+    def quantized(tmp: Path) -> dict:
         gguf_files.quantize(source, tmp / "model.gguf", recipe.dtype, recipe.threads)
         return meta
 
-    return _artifact(weights_recipe(recipe), write, on_stage, f"Quantizing to {recipe.dtype}")
+    return _make(target, quantized, on_stage, f"Quantizing to {recipe.dtype} with llama.cpp's quantizer")
 
 
-def _artifact(recipe: Recipe, write, on_stage: OnStage, stage: str) -> tuple[Path, dict]:
-    """``artifacts/<key>/model.gguf``: made by ``write(tmp_dir) -> meta`` unless a readable one is there."""
+def _ready(recipe: Recipe) -> tuple[Path, dict] | None:
+    """``artifacts/<key>/model.gguf`` and its export record, when it is there and readable (a damaged one is
+    removed: never served, made again)."""
     key = recipe.key()
     path = store.artifact_path(key) / "model.gguf"
-    if store.artifact_ready(key):
-        try:
-            gguf_files.contents(path)
-            return path, json.loads((path.parent / "recipe.json").read_text()).get("export", {})
-        except (gguf_files.GGUFError, OSError, ValueError):
-            shutil.rmtree(path.parent, ignore_errors=True)  # damaged: never served, made again
-    on_stage(stage, 0.3)
+    if not store.artifact_ready(key):
+        return None
+    try:
+        gguf_files.contents(path)
+        return path, json.loads((path.parent / "recipe.json").read_text()).get("export", {})
+    except (gguf_files.GGUFError, OSError, ValueError):
+        shutil.rmtree(path.parent, ignore_errors=True)
+        return None
+
+
+def _make(recipe: Recipe, write, on_stage: OnStage, stage: str) -> tuple[Path, dict]:
+    """Write ``artifacts/<key>/model.gguf`` with ``write(tmp_dir) -> export record`` (temp dir, then renamed)."""
+    on_stage(stage, 0.5)
     made: dict = {}
-
-    def fill(tmp: Path) -> None:
-        made.update(write(tmp))
-
-    store.write_artifact(key, fill, {"recipe": recipe.to_dict(), "export": made})  # fill runs before it is written
-    return path, made
+    store.write_artifact(recipe.key(), lambda tmp: made.update(write(tmp)),
+                         {"recipe": recipe.to_dict(), "export": made})  # made is filled before it is written
+    return store.artifact_path(recipe.key()) / "model.gguf", made
 
 
 def _export(recipe: Recipe, tmp: Path, trust_remote_code: bool, on_stage: OnStage) -> dict:

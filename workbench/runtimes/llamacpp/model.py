@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ...conversation import encode_chat
 from ...optimize.stats import ModelStats
 from ...recipe import GenerationSettings, Recipe
-from ..base import LoadedModel, OnToken, Row
+from ..base import LoadedModel, OnToken, Row, TokenizerText
 
 MAX_CONTEXT = 8192  # KV cache tokens of one context, shared out among its sequences
 MIN_SEQUENCE_CONTEXT = 256
@@ -48,7 +47,7 @@ def _SILENT(level, text, user_data):  # noqa: N802 (a C callback)
     pass
 
 
-class LlamaCppModel(LoadedModel):
+class LlamaCppModel(TokenizerText, LoadedModel):
     """A GGUF file loaded by llama.cpp.
 
     Args:
@@ -82,16 +81,7 @@ class LlamaCppModel(LoadedModel):
         self._batch = None
         self._batch_size = 0
 
-    # -- text and tokens
-
-    def encode_chat(self, messages: list[dict]) -> list[int]:
-        return encode_chat(self.tokenizer, messages)
-
-    def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer(text)["input_ids"]
-
-    def decode(self, token_ids: list[int]) -> str:
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+    # -- tokens
 
     @property
     def eos_ids(self) -> frozenset[int]:
@@ -192,18 +182,19 @@ class LlamaCppModel(LoadedModel):
             self._lib.llama_free(self._ctx)
             self._ctx = None
         seq_ctx = max(MIN_SEQUENCE_CONTEXT, min(self._context_length or MAX_CONTEXT, MAX_CONTEXT) // n_seq)
+        self._ctx = self._new_context(seq_ctx * n_seq, BATCH_TOKENS, n_seq)
+        self._ctx_seqs, self._seq_ctx = n_seq, seq_ctx
+        return self._ctx
+
+    def _new_context(self, n_ctx: int, n_batch: int, n_seq: int):
         params = self._lib.llama_context_default_params()
-        params.n_ctx = seq_ctx * n_seq
-        params.n_batch = BATCH_TOKENS
-        params.n_ubatch = BATCH_TOKENS
-        params.n_seq_max = n_seq
+        params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = n_ctx, n_batch, n_batch, n_seq
         params.n_threads = params.n_threads_batch = self.recipe.threads
         params.kv_unified = False  # each sequence attends to its own cache only
         params.no_perf = True
         ctx = self._lib.llama_init_from_model(self._model, params)
         if not ctx:
-            raise RuntimeError(f"llama.cpp cannot make a context of {seq_ctx * n_seq} tokens for {n_seq} sequences")
-        self._ctx, self._ctx_seqs, self._seq_ctx = ctx, n_seq, seq_ctx
+            raise RuntimeError(f"llama.cpp cannot make a context of {n_ctx} tokens for {n_seq} sequences")
         return ctx
 
     def _sampler(self, settings: GenerationSettings):
@@ -250,14 +241,7 @@ class LlamaCppModel(LoadedModel):
             self._lib.llama_free(self._scorer)
             self._scorer = None
         size = max(BATCH_TOKENS, -(-n_tokens // 256) * 256)
-        params = self._lib.llama_context_default_params()
-        params.n_ctx = params.n_batch = params.n_ubatch = size
-        params.n_seq_max = 1
-        params.n_threads = params.n_threads_batch = self.recipe.threads
-        params.no_perf = True
-        self._scorer = self._lib.llama_init_from_model(self._model, params)
-        if not self._scorer:
-            raise RuntimeError(f"llama.cpp cannot make a scoring context of {size} tokens")
+        self._scorer = self._new_context(size, size, 1)
         self._scorer_tokens = size
         return self._scorer
 
