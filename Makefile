@@ -12,7 +12,9 @@ LLAMA ?= llama-cpp-python==0.3.36
 CPU_KEY := $(shell (uname -m; grep -m2 -E '^(model name|flags)' /proc/cpuinfo 2>/dev/null) | sha256sum | cut -c1-12)
 WHEELS ?= $(HOME)/.cache/llm-latency-workbench/wheels/$(CPU_KEY)
 # ggml's AMX kernels crash (SIGSEGV in ggml_backend_amx_mul_mat) on the AMX machines this was measured on: build
-# without them, so that the AVX-512 / VNNI kernels run. The flags exist on x86_64 only.
+# without them, so that the AVX-512 / VNNI kernels run. The flags exist on x86_64 only. Without OpenMP, ggml uses
+# its own thread pool: llama.cpp's OpenMP threads decode about 3x slower when called from any thread but the
+# process's first, and the workbench generates on worker threads.
 LLAMA_CFLAGS := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
 PORT ?= 8501
 ADDRESS ?= localhost
@@ -47,7 +49,8 @@ $(LLAMA_STAMP): $(STAMP)
 
 llama: $(STAMP)
 	ls $(WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || (mkdir -p $(WHEELS) && env -u SOURCE_DATE_EPOCH \
-		CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF" CFLAGS="$(LLAMA_CFLAGS)" CXXFLAGS="$(LLAMA_CFLAGS)" \
+		CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_OPENMP=OFF -DLLAVA_BUILD=OFF" CFLAGS="$(LLAMA_CFLAGS)" \
+		CXXFLAGS="$(LLAMA_CFLAGS)" \
 		CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip wheel --quiet --no-deps --no-cache-dir \
 		-w $(WHEELS) "$(LLAMA)")
 	$(BIN)/python -m pip install --quiet --no-index --find-links $(WHEELS) "$(LLAMA)"

@@ -169,7 +169,11 @@ def _dtype_input(runtime: str, prefix: str = state.RECIPE_PREFIX) -> str:
                  "the embeddings or the LM head) through the backend shown." if runtime == "transformers" else
                  "llama.cpp's formats, made by its own quantizer from the recipe's float weights (after any variant "
                  "and pruning); shipped runs a .gguf source as it is.")
-    return st.selectbox("dtype", options, key=dtype_key, format_func=DTYPE_LABELS.get, help=help_text)
+    dtype = st.selectbox("dtype", options, key=dtype_key, format_func=DTYPE_LABELS.get, help=help_text)
+    if runtime != "transformers":
+        st.caption("nf4, fp4 (bitsandbytes) and the torchao and quanto formats need the transformers runtime; 2:4 "
+                   "pruning exports as dense zeros here (no sparse kernel).")
+    return dtype
 
 
 def _threads_input(prefix: str = state.RECIPE_PREFIX) -> int:

@@ -30,8 +30,7 @@ from .model import LlamaCppModel
 
 NAME = "llama.cpp"
 PACKAGE = "llama_cpp"
-INSTALL = ('CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF" pip install llama-cpp-python==0.3.36 '
-           "(make does this; it compiles llama.cpp, about 5 minutes on 2 cores)")
+INSTALL = "`make llama` (it compiles llama-cpp-python==0.3.36 for this CPU, about 5 minutes on 2 cores)"
 CHANNEL_MULTIPLE = 32  # llama.cpp's quantized blocks hold 32 weights of a row: pruned MLP widths keep to it
 WHY_FASTER = ("llama.cpp multiplies the quantized weights directly in fused dot-product kernels (AVX-512 VNNI "
               "where the CPU has it, Q4_0 repacked at load into the interleaved layout its kernels read fastest) "
