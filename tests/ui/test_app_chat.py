@@ -159,7 +159,8 @@ def test_chat_page_renders_with_the_embedded_model():
     at = new_app().run()
     assert not at.exception
     assert at.title[0].value == "Chat"
-    assert [s.label for s in at.sidebar.selectbox] == ["Model", "Device", "dtype", "Pruning", "Distilled variant"]
+    labels = [s.label for s in at.sidebar.selectbox]
+    assert labels == ["Model", "Runtime", "Device", "dtype", "Pruning", "Distilled variant"]
     assert "SmolLM2-135M-Instruct (embedded) · cpu · fp32" in sidebar_text(at)
     assert at.chat_input
 
