@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from processes import free_port
+from processes import free_port, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -51,12 +51,7 @@ def streamlit_server(log: Path, env: dict[str, str]):
         wait_healthy(url, server, log)
         yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server)
 
 
 @contextlib.contextmanager

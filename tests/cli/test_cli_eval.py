@@ -8,8 +8,7 @@ import subprocess
 import sys
 
 import pytest
-
-from commands import run_cli
+from commands import assert_usage_error, run_cli
 
 from workbench.optimize.variants import find_student
 from workbench.recipe import Recipe
@@ -203,8 +202,4 @@ def test_bad_input_exits_2_with_one_line_naming_the_flag(capsys, tiny, argv, fla
     if "--model" not in argv:
         argv = [*argv, *tiny]
     code, out, err = run_cli(capsys, *argv)
-    assert code == 2
-    assert out == ""
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("workbench: error: ") and flag in lines[0] and allowed in lines[0]
+    assert_usage_error(code, out, err, flag, allowed)

@@ -2,7 +2,7 @@
 
 import json
 
-from apps import assistant_replies, reply_caption, tiny_app
+from apps import assistant_replies, click, reply_caption, tiny_app
 
 from workbench.observe.history import HistoryStore
 from workbench.response_cache import embedder as embedding
@@ -22,7 +22,7 @@ def test_chat_repeated_prompt_is_cached_and_recorded_as_a_hit(tiny_model_dir):
     at.chat_input[0].set_value("Is this answer cached?").run()
     (first,) = assistant_replies(at)
     assert "TTFT" in reply_caption(first) and "cached" not in reply_caption(first)
-    [b for b in at.button if b.label == "Clear chat"][0].click().run()
+    click(at, "Clear chat").run()
     at.chat_input[0].set_value("Is this answer cached?").run()
     assert not at.exception
     (again,) = assistant_replies(at)
@@ -38,7 +38,7 @@ def test_chat_repeated_prompt_is_cached_and_recorded_as_a_hit(tiny_model_dir):
     assert any("(cache exact)" in trace.get("name", "") for trace in history_chart["data"])  # its own series
 
     at.toggle(key=state.CACHE_ENABLED).set_value(False).run()  # off: the model answers again
-    [b for b in at.button if b.label == "Clear chat"][0].click().run()
+    click(at, "Clear chat").run()
     at.chat_input[0].set_value("Is this answer cached?").run()
     (fresh,) = assistant_replies(at)
     assert "TTFT" in reply_caption(fresh) and "cached" not in reply_caption(fresh)
@@ -72,7 +72,7 @@ def test_semantic_toggle_without_the_embedding_model_says_how_to_install_it(tiny
 def test_chat_semantic_hit_names_the_matched_question_and_similarity(tiny_model_dir):
     at = tiny_app(tiny_model_dir, **{state.MAX_NEW_TOKENS: 5, state.CACHE_SEMANTIC: True}).run()
     at.chat_input[0].set_value("How many legs does a spider have?").run()
-    [b for b in at.button if b.label == "Clear chat"][0].click().run()
+    click(at, "Clear chat").run()
     at.chat_input[0].set_value("How many legs do spiders have?").run()
     assert not at.exception
     (reply,) = assistant_replies(at)
@@ -82,7 +82,7 @@ def test_chat_semantic_hit_names_the_matched_question_and_similarity(tiny_model_
     assert DEFAULT_THRESHOLD <= similarity < 1.0
     assert HistoryStore().recent(limit=1)[0]["cache"] == "semantic"
     at.slider(key=state.CACHE_THRESHOLD).set_value(0.99).run()  # stricter than this pair's similarity
-    [b for b in at.button if b.label == "Clear chat"][0].click().run()
+    click(at, "Clear chat").run()
     at.toggle(key=state.CACHE_SEMANTIC).set_value(False).run()
     assert not at.sidebar.slider  # the threshold shows only with semantic matching on
     at.toggle(key=state.CACHE_SEMANTIC).set_value(True).run()

@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from apps import QUESTION, assistant_replies, new_app, reply_caption, sidebar_text, tiny_app
+from apps import QUESTION, assistant_replies, click, new_app, reply_caption, sidebar_text, tiny_app
 
 from workbench.recipe import Recipe
 from workbench.serving.results import GenerationResult
 from workbench.ui import charts, chat, state
 from workbench.ui.shared import ModelSlot
-
 
 # Pure helpers ---------------------------------------------------------------------------------------------
 
@@ -136,8 +135,7 @@ def test_tiny_model_chat_reply_has_metrics_and_charts(tiny_model_dir):
         assert figure in caption
     assert len(at.get("plotly_chart")) == 2  # live per-token chart and history chart
 
-    clear = [b for b in at.button if b.label == "Clear chat"][0]
-    clear.click().run()
+    click(at, "Clear chat").run()
     assert not at.exception and not at.chat_message
 
 
