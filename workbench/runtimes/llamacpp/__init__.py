@@ -102,9 +102,8 @@ def build(recipe: Recipe, *, trust_remote_code: bool = False, on_stage: OnStage 
     on_stage("Loading the tokenizer", 0.02)
     tokenizer, eos_ids = loading.load_tokenizer(recipe.model, trust_remote_code=trust_remote_code,
                                                 on_stage=on_stage)
-    path, meta = gguf_file(recipe, trust_remote_code=trust_remote_code, on_stage=on_stage)
+    path, meta, found = gguf_file(recipe, trust_remote_code=trust_remote_code, on_stage=on_stage)
     on_stage(f"Loading {path.name} into llama.cpp ({recipe.threads} threads)", 0.9)
-    found = gguf_files.contents(path)
     stats = ModelStats(
         params=found.params, nonzero_params=meta.get("nonzero_params", found.params), weight_bytes=found.weight_bytes,
         build_s=time.perf_counter() - start, backend=f"llama.cpp {recipe.dtype} ({gguf_files.describe(found.tensor_types)})",
@@ -120,40 +119,45 @@ def weights_recipe(recipe: Recipe, dtype: str | None = None) -> Recipe:
     return replace(recipe, dtype=dtype or recipe.dtype, batch_size=1, threads=0)
 
 
-def gguf_file(recipe: Recipe, *, trust_remote_code: bool = False, on_stage: OnStage = no_stage) -> tuple[Path, dict]:
-    """The GGUF file of a resolved recipe and what its export recorded (notes, non-zero parameters).
+def gguf_file(recipe: Recipe, *, trust_remote_code: bool = False,
+              on_stage: OnStage = no_stage) -> tuple[Path, dict, gguf_files.Contents]:
+    """The GGUF file of a resolved recipe, what its export recorded (notes, non-zero parameters) and what it stores
+    (reading a file takes seconds: once per build).
 
     An F32 export is made first (and kept: every format of the same weights is quantized from it).
     """
     if recipe.dtype == "shipped":
-        return Path(loading.resolve_source(recipe.model).location), {}
+        path = Path(loading.resolve_source(recipe.model).location)
+        return path, {}, gguf_files.contents(path)
     target = weights_recipe(recipe)
     found = _ready(target)
     if found is not None:
         return found
     f32 = weights_recipe(recipe, "fp32")
-    source, meta = _ready(f32) or _make(f32, lambda tmp: _export(recipe, tmp, trust_remote_code, on_stage),
-                                        on_stage, "Writing the F32 GGUF file")
+    kept = _ready(f32)
+    source, meta = kept[:2] if kept else _make(f32, lambda tmp: _export(recipe, tmp, trust_remote_code, on_stage),
+                                               on_stage, "Writing the F32 GGUF file")
     if recipe.dtype == "fp32":
-        return source, meta
+        return source, meta, gguf_files.contents(source)
 
     def quantized(tmp: Path) -> dict:
         gguf_files.quantize(source, tmp / "model.gguf", recipe.dtype, recipe.threads)
         return meta
 
-    return _make(target, quantized, on_stage, f"Quantizing to {recipe.dtype} with llama.cpp's quantizer")
+    path, meta = _make(target, quantized, on_stage, f"Quantizing to {recipe.dtype} with llama.cpp's quantizer")
+    return path, meta, gguf_files.contents(path)
 
 
-def _ready(recipe: Recipe) -> tuple[Path, dict] | None:
-    """``artifacts/<key>/model.gguf`` and its export record, when it is there and readable (a damaged one is
-    removed: never served, made again)."""
+def _ready(recipe: Recipe) -> tuple[Path, dict, gguf_files.Contents] | None:
+    """``artifacts/<key>/model.gguf``, its export record and what it stores, when it is there and readable (a
+    damaged one is removed: never served, made again)."""
     key = recipe.key()
     path = store.artifact_path(key) / "model.gguf"
     if not store.artifact_ready(key):
         return None
     try:
-        gguf_files.contents(path)
-        return path, json.loads((path.parent / "recipe.json").read_text()).get("export", {})
+        found = gguf_files.contents(path)
+        return path, json.loads((path.parent / "recipe.json").read_text()).get("export", {}), found
     except (gguf_files.GGUFError, OSError, ValueError):
         shutil.rmtree(path.parent, ignore_errors=True)
         return None
