@@ -5,7 +5,7 @@ from answers import GREEDY, QUESTION, RECIPE, answer
 
 from workbench.observe.history import HistoryStore
 from workbench.response_cache.answers import CachedAnswers, ReplayRequest
-from workbench.response_cache.disk import ResponseCache
+from workbench.response_cache.disk import ResponseCache, ScopedPolicy
 from workbench.response_cache.keys import CachePolicy
 from workbench.serving.engine import Engine
 
@@ -46,3 +46,18 @@ def test_submit_misses_then_replays_the_engine_answer(tiny_model, tmp_path):
     finally:
         engine.close()
     assert [r["cache"] for r in history.recent()] == ["miss", "exact", "miss"]
+
+
+def test_a_session_s_answers_are_replayed_to_that_session_only(tiny_model, tmp_path):
+    history = HistoryStore(tmp_path / "metrics.sqlite")
+    responses = ResponseCache(tmp_path / "responses")
+    engine = Engine(tiny_model, history)
+    try:
+        for scope in ("session-1", "session-2", "session-1"):
+            handle = CachedAnswers(responses, ScopedPolicy(scope=scope)).ask(engine, "Tell me a secret.", GREEDY)
+            handle.result()
+        cli = CachedAnswers(responses).ask(engine, "Tell me a secret.", GREEDY)  # no scope: the shared space
+        cli.result()
+    finally:
+        engine.close()
+    assert [r["cache"] for r in history.recent()] == ["miss", "miss", "exact", "miss"]

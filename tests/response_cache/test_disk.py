@@ -1,5 +1,8 @@
 """The response cache on disk: storing, policies, stats, TTL, eviction, semantic matches, a broken directory."""
 
+import json
+import os
+import pickle
 import sqlite3
 import sys
 import time
@@ -13,7 +16,7 @@ from answers import GREEDY, QUESTION, RECIPE, SameVector, answer, ask, asides
 from workbench.recipe import GenerationSettings
 from workbench.response_cache import embedder as embedding
 from workbench.response_cache.answers import usable_policy
-from workbench.response_cache.disk import ResponseCache
+from workbench.response_cache.disk import ResponseCache, ScopedPolicy
 from workbench.response_cache.embedder import CacheUnavailable
 from workbench.response_cache.keys import DEFAULT_THRESHOLD, CachePolicy, exact_key
 
@@ -182,5 +185,95 @@ def test_a_pickled_value_is_refused_not_loaded(responses):
     key = exact_key(RECIPE.key(), QUESTION, GREEDY)
     with diskcache.Cache(responses.directory) as raw:
         raw.set(key, {"text": "from a pickle"})  # diskcache pickles a dict
+    assert responses.lookup(RECIPE.key(), QUESTION, GREEDY) is None  # a damaged entry: a miss
+    assert "a value stored as a pickle (never unpickled)" in responses.stats()["problem"]
+
+
+# Rows crafted in the database: nothing is unpickled, nothing outside the cache folder is read or deleted -------
+
+
+class Boom:
+    """Unpickling this creates a directory: proof that something was unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def craft_row(directory, key, *, raw=True, mode=diskcache.core.MODE_RAW, filename=None, value=None) -> None:
+    """Write one row straight into a diskcache database, as a tampered cache directory would hold it."""
+    with sqlite3.connect(directory / "cache.db") as db:
+        db.execute("INSERT INTO Cache (key, raw, store_time, access_time, size, mode, filename, value) "
+                   "VALUES (?, ?, ?, ?, 0, ?, ?, ?)", (key, int(raw), time.time(), time.time(), mode, filename, value))
+
+
+def victim(tmp_path):
+    """A file outside the cache folder holding a valid stored answer: a hit if it were ever read."""
+    path = tmp_path / "outside" / "victim.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"text": "read from outside", "token_ids": [1], "prompt_tokens": 1, "e2e_s": 1.0}))
+    return path
+
+
+@pytest.mark.parametrize("name", ["absolute", "dot-dot", "link"])
+def test_a_row_naming_a_file_outside_the_cache_is_a_miss_and_that_file_is_never_read_or_deleted(
+        responses, tmp_path, name):
+    outside = victim(tmp_path)
+    if name == "link":
+        (responses.directory / "ab").symlink_to(outside.parent, target_is_directory=True)
+    filename = {"absolute": str(outside), "dot-dot": f"../outside/{outside.name}", "link": f"ab/{outside.name}"}[name]
+    craft_row(responses.directory, exact_key(RECIPE.key(), QUESTION, GREEDY), mode=diskcache.core.MODE_TEXT,
+              filename=filename)
     assert responses.lookup(RECIPE.key(), QUESTION, GREEDY) is None
-    assert "unpickle" in responses.problem
+    problem = responses.stats()["problem"]
+    assert "refuses to read" in problem and "outside the cache folder" in problem and "Clear cache" in problem
+    assert responses.store(RECIPE.key(), QUESTION, GREEDY, answer())  # replaces the row: its file is not removed
+    assert responses.lookup(RECIPE.key(), QUESTION, GREEDY).entry["text"] == answer().text
+    craft_row(responses.directory, "a:another", mode=diskcache.core.MODE_BINARY, filename=filename)
+    responses.set_size_limit(0.0001)  # culls every row
+    craft_row(responses.directory, "a:and-another", mode=diskcache.core.MODE_TEXT, filename=filename)
+    responses.clear()
+    assert outside.is_file() and "read from outside" in outside.read_text()
+
+
+def test_a_key_stored_as_a_pickle_is_never_unpickled(responses, tmp_path):
+    marker = tmp_path / "unpickled"
+    craft_row(responses.directory, pickle.dumps(Boom(marker)), raw=False, value=json.dumps({"text": "x"}))
+    stats = responses.stats()  # counting the entries reads every key
+    assert stats["entries"] == 0 and "a key stored as a pickle (never unpickled)" in stats["problem"]
+    responses.store(RECIPE.key(), QUESTION, GREEDY, answer())
+    assert responses.lookup(RECIPE.key(), QUESTION, GREEDY).kind == "exact"
+    assert responses.stats()["entries"] == 1
+    responses.clear()
+    assert not marker.exists()
+    with pytest.raises(TypeError, match="keys are text"):
+        responses._cache.set(("a", "tuple"), "x")  # diskcache would pickle this key
+
+
+# Scopes ----------------------------------------------------------------------------------------------------
+
+
+def test_a_scoped_answer_is_found_only_under_its_scope(responses):
+    mine, theirs = ScopedPolicy(scope="session-1"), ScopedPolicy(scope="session-2")
+    assert responses.store(RECIPE.key(), QUESTION, GREEDY, answer(), mine)
+    assert responses.lookup(RECIPE.key(), QUESTION, GREEDY, mine).kind == "exact"
+    assert responses.lookup(RECIPE.key(), QUESTION, GREEDY, theirs) is None
+    assert responses.lookup(RECIPE.key(), QUESTION, GREEDY) is None  # nor by a caller without a scope (the CLI)
+    assert responses.store(RECIPE.key(), QUESTION, GREEDY, answer("Shared."))
+    assert responses.lookup(RECIPE.key(), QUESTION, GREEDY).entry["text"] == "Shared."
+    assert responses.lookup(RECIPE.key(), QUESTION, GREEDY, mine).entry["text"] == answer().text
+    assert responses.stats()["entries"] == 2
+
+
+def test_a_semantic_match_is_among_the_same_scope_s_questions_only(responses):
+    embed, paraphrase = SameVector(), ask("Which city is the capital of France?")
+    mine = ScopedPolicy(semantic=True, scope="session-1")
+    theirs = replace(mine, scope="session-2")
+    responses.store(RECIPE.key(), QUESTION, GREEDY, answer(), mine, embed=embed)
+    assert responses.lookup(RECIPE.key(), paraphrase, GREEDY, theirs, embed) is None  # their question stays theirs
+    assert responses.lookup(RECIPE.key(), paraphrase, GREEDY, CachePolicy(semantic=True), embed) is None
+    hit = responses.lookup(RECIPE.key(), paraphrase, GREEDY, mine, embed)
+    assert hit.kind == "semantic" and hit.matched_question == QUESTION[0]["content"]
+    assert usable_policy(theirs)[0].scope == "session-2"  # the policy this process can honour keeps the scope

@@ -132,7 +132,9 @@ class CachedAnswers:
     Args:
         responses: the cache; None answers everything from the model and stores nothing.
         policy: how to use it. Semantic matching needs the embedding model: without it, matching is exact only
-            and ``notice`` says why (it is looked for on the first request the cache applies to).
+            and ``notice`` says why (it is looked for on the first request the cache applies to). A
+            ``ScopedPolicy`` keeps this caller's answers apart: it finds only those stored under its scope (a
+            browser session on a shared server), and nobody else finds them.
     """
 
     def __init__(self, responses: ResponseCache | None, policy: CachePolicy = CachePolicy()):

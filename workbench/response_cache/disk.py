@@ -1,7 +1,11 @@
 """The response cache on disk: one diskcache under ``WORKBENCH_HOME/responses/``, shared by every process.
 
-Values are JSON text or raw float32 bytes, never pickles. Counters (hits, misses, time saved) live in a small
-second diskcache, ``responses/stats/``, that never evicts.
+Keys are text and values JSON text or raw float32 bytes, never pickles: a row that holds a pickle, or names a file
+outside the cache directory, is refused (a miss) and reported, never read or deleted. Counters (hits, misses, time
+saved) live in a small second diskcache, ``responses/stats/``, that never evicts.
+
+Answers can be kept apart per scope (``ScopedPolicy``): a browser session on a shared server finds only the answers
+it stored itself. Callers without a scope (the CLI, a single user's app) share one space.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import os
 import sqlite3
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import diskcache
 import numpy as np
@@ -58,8 +62,59 @@ def responses_dir() -> Path:
     return store.home() / RESPONSES
 
 
+@dataclass(frozen=True)
+class ScopedPolicy(CachePolicy):
+    """A ``CachePolicy`` whose answers are kept apart: a lookup finds only answers stored under the same scope.
+
+    Args:
+        scope: whose answers these are (a browser session's id on a shared server); None shares them with every
+            caller without a scope.
+    """
+
+    scope: str | None = None
+
+
+def scope_of(policy: CachePolicy) -> str | None:
+    """The policy's scope (a ``ScopedPolicy``'s, or a ``scope`` field of CachePolicy itself), None when shared."""
+    return getattr(policy, "scope", None)
+
+
+def scoped_key(recipe_key: str, scope: str | None) -> str:
+    """The recipe key the cache's keys are made from: the same recipe under another scope is another context."""
+    return recipe_key if scope is None else f"{recipe_key}@{scope}"
+
+
+class DamagedEntry(OSError):
+    """A cache row that holds a pickle or names a file outside the cache directory. An OSError, so that diskcache
+    treats it as an entry whose file is gone: a miss."""
+
+
+REFUSED_KEY = object()  # what iterating the cache yields for a key stored as a pickle, instead of unpickling it
+
+
 class _NoPickleDisk(diskcache.Disk):
-    """Stores and reads only text, bytes and numbers: a cache directory can never make us unpickle anything."""
+    """Stores and reads only text, bytes and numbers, inside its own directory: a cache directory can never make us
+    unpickle anything, nor read or delete a file elsewhere.
+
+    Every way diskcache turns a row back into a key (``get``) or a value (``fetch``), and every file it deletes
+    (``remove``), passes here; ``refused`` keeps what was turned down, for the cache's ``problem`` line.
+    """
+
+    def __init__(self, directory, **kwargs):
+        super().__init__(directory, **kwargs)
+        self.refused: dict[str, None] = {}  # descriptions of the refused rows, in order, once each
+
+    def put(self, key):
+        db_key, raw = super().put(key)
+        if not raw:
+            raise TypeError(f"the response cache's keys are text, bytes or numbers, not {type(key).__name__}")
+        return db_key, raw
+
+    def get(self, key, raw):
+        if not raw:
+            self._refuse("a key stored as a pickle (never unpickled)")
+            return REFUSED_KEY
+        return super().get(key, raw)
 
     def store(self, value, read, key=diskcache.core.UNKNOWN):
         if not isinstance(value, (str, bytes, int, float)) and not read:
@@ -68,8 +123,34 @@ class _NoPickleDisk(diskcache.Disk):
 
     def fetch(self, mode, filename, value, read):
         if mode == diskcache.core.MODE_PICKLE:
-            raise ValueError("refusing to unpickle a value from the response cache")
+            self._refuse("a value stored as a pickle (never unpickled)")
+            raise DamagedEntry("refusing to unpickle a value from the response cache")
+        if filename is not None:
+            self._inside(filename)
         return super().fetch(mode, filename, value, read)
+
+    def remove(self, file_path):
+        try:
+            self._inside(file_path)
+        except DamagedEntry:
+            return  # its row is gone; the file it names is not ours to delete
+        super().remove(file_path)
+
+    def _inside(self, filename) -> str:
+        """The full path of an entry's file, which must lie inside the cache directory; DamagedEntry if it does not
+        (an absolute name, a ``..`` part, or a link that resolves outside)."""
+        root = os.path.realpath(self._directory)
+        if not isinstance(filename, str) or os.path.isabs(filename) or ".." in PurePath(filename).parts:
+            self._refuse(f"a file name outside the cache folder ({str(filename)[:80]!r})")
+            raise DamagedEntry(f"refusing the file name {filename!r}: it is not inside {root}")
+        full = os.path.realpath(os.path.join(root, filename))
+        if os.path.commonpath([full, root]) != root:
+            self._refuse(f"a file that resolves outside the cache folder ({filename[:80]!r})")
+            raise DamagedEntry(f"refusing {filename!r}: it resolves to {full}, outside {root}")
+        return full
+
+    def _refuse(self, what: str) -> None:
+        self.refused[what] = None
 
 
 class ResponseCache:
@@ -191,16 +272,18 @@ class ResponseCache:
 
         An exact match needs the same recipe key, every turn and the same settings. With ``policy.semantic``, a
         last user turn worded differently matches when the earlier turns, recipe and settings are the same, the
-        cosine similarity reaches ``policy.threshold`` and no guard (negation, numbers) tells them apart.
+        cosine similarity reaches ``policy.threshold`` and no guard (negation, numbers) tells them apart. Both kinds
+        match only answers stored under the policy's scope (see ``ScopedPolicy``).
         Raises CacheUnavailable only when semantic matching is on and the embedding model is missing.
         """
         if self._cache is None or not policy.applies_to(settings):
             return None
         start = time.perf_counter()
+        keyed = scoped_key(recipe_key, scope_of(policy))
         try:
-            hit = self._exact(recipe_key, messages, settings, start)
+            hit = self._exact(keyed, messages, settings, start)
             if hit is None and policy.semantic:
-                hit = self._semantic(recipe_key, messages, settings, policy.threshold, embed or embedder(), start)
+                hit = self._semantic(keyed, messages, settings, policy.threshold, embed or embedder(), start)
             self._count(hit)
         except CacheUnavailable:
             raise
@@ -281,7 +364,7 @@ class ResponseCache:
             messages: the conversation it answered (system prompt and every turn).
             settings: its generation settings.
             result: the ``GenerationResult``.
-            policy: TTL, and whether sampled answers may be kept.
+            policy: TTL, whether sampled answers may be kept, and the scope they are kept under.
             pieces: the answer's text, one piece per token, as it streamed (a hit replays them).
             model: the model's stats (``ModelStats.to_dict()``), reported again with a hit.
             embed: an embedder to index the question with now (else it is embedded at its first semantic lookup).
@@ -297,11 +380,12 @@ class ResponseCache:
             "ttft_s": result.ttft_s, "finish_reason": result.finish_reason, "recipe_key": recipe_key,
             "question": last_question(messages), "stored_at": time.time(), "model": model,
         }
-        key = exact_key(recipe_key, messages, settings)
+        keyed = scoped_key(recipe_key, scope_of(policy))
+        key = exact_key(keyed, messages, settings)
         try:
             self._cache.set(key, json.dumps(entry), expire=policy.ttl_s)
             if entry["question"] is not None:
-                self._index(key, recipe_key, messages, settings, embed)
+                self._index(key, keyed, messages, settings, embed)
         except Exception as exc:
             self._failed(exc)
             return False
@@ -323,8 +407,8 @@ class ResponseCache:
     # -- stats and clearing
 
     def stats(self) -> dict:
-        """entries (answers stored), size_bytes, size_limit_bytes, hits (exact, semantic), misses, hit_rate,
-        saved_s (model time the hits saved), directory, problem."""
+        """entries (answers stored, every scope's), size_bytes, size_limit_bytes, hits (exact, semantic), misses,
+        hit_rate, saved_s (model time the hits saved), directory, problem (which includes the refused rows)."""
         out = {"directory": str(self.directory), "available": self.available, "problem": self.problem,
                "size_limit_bytes": self._limit_bytes()}
         if self._cache is None:
@@ -342,8 +426,19 @@ class ResponseCache:
             return {**out, "problem": self.problem, "entries": 0, "size_bytes": 0,
                     "hits": {k: 0 for k in HIT_KINDS}, "misses": 0, "lookups": 0, "hit_rate": None, "saved_s": 0.0}
         lookups = sum(hits.values()) + misses
+        out["problem"] = " ".join(p for p in (self.problem, self.refused()) if p) or None
         return {**out, "entries": entries, "size_bytes": size, "hits": hits, "misses": misses, "lookups": lookups,
                 "hit_rate": sum(hits.values()) / lookups if lookups else None, "saved_s": saved_s}
+
+    def refused(self) -> str | None:
+        """What this process refused to read from the cache directory (rows holding a pickle, or naming a file
+        outside it), as one sentence; None when nothing was."""
+        found = [what for c in (self._cache, self._stats) if c is not None for what in c.disk.refused]
+        if not found:
+            return None
+        return (f"The response cache in {self.directory} holds entries it refuses to read: "
+                f"{'; '.join(dict.fromkeys(found))}. They count as misses and nothing outside the cache folder is "
+                "read or deleted; Clear cache removes them.")
 
     def clear(self) -> int:
         """Remove every stored answer and reset the counters; returns how many answers there were."""
