@@ -346,6 +346,10 @@ def _reset_peak_rss() -> None:
 # Saved sweeps -----------------------------------------------------------------------------------------------
 
 
+KEEP_SWEEPS_ENV = "WORKBENCH_SWEEPS_KEEP"
+DEFAULT_KEEP_SWEEPS = 100
+
+
 def sweeps_dir() -> Path:
     """``WORKBENCH_HOME/benchmarks``: one JSON file per finished sweep (its requests are in the history too)."""
     path = store.home() / "benchmarks"
@@ -356,15 +360,36 @@ def sweeps_dir() -> Path:
 def save_sweep(report: dict) -> str:
     """Write a finished sweep (``{"settings", "runs", ..., "results": [entries]}``) and return its file's name.
 
-    Written to a temp file then renamed, like the artifacts, so a reader never sees half a file.
+    Written atomically (``store.write_file``), so a reader never sees half a file; then only the newest
+    ``WORKBENCH_SWEEPS_KEEP`` sweeps (default 100) are kept. OSError when the folder cannot be written.
     """
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = f"sweep-{stamp}-{os.getpid()}-{threading.get_ident() % 10_000:04d}.json"
-    path = sweeps_dir() / name
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"saved_at": time.time(), **report}, indent=1))
-    os.replace(tmp, path)
+    store.write_file(sweeps_dir() / name, json.dumps({"saved_at": time.time(), **report}, indent=1))
+    prune_sweeps()
     return name
+
+
+def prune_sweeps(keep: int | None = None) -> list[str]:
+    """Delete all but the newest ``keep`` saved sweeps (default: ``WORKBENCH_SWEEPS_KEEP``, 0 keeps them all), and
+    temp files an interrupted save left over an hour ago. Returns the names deleted."""
+    if keep is None:
+        raw = os.environ.get(KEEP_SWEEPS_ENV, "")
+        keep = int(raw) if raw.strip().isdigit() else DEFAULT_KEEP_SWEEPS
+    folder = sweeps_dir()
+    sweeps = sorted(folder.glob("sweep-*.json"), reverse=True)
+    old = sweeps[keep:] if keep else []
+    stale = [p for p in [*folder.glob(".sweep-*.tmp"), *folder.glob("sweep-*.tmp")] if _older_than(p, 3600)]
+    for path in old + stale:
+        path.unlink(missing_ok=True)
+    return [p.name for p in old + stale]
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except FileNotFoundError:  # renamed into place meanwhile
+        return False
 
 
 def load_sweeps(limit: int = 20) -> list[dict]:

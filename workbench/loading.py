@@ -2,19 +2,23 @@
 
 Sources: the embedded GGUF, a local ``.gguf`` file, a local model directory, or a Hugging Face hub id.
 GGUF files are de-quantized by transformers on load, which is slow, so they are converted once into
-safetensors in the artifact cache and loaded from there afterwards.
+safetensors in the artifact cache and loaded from there afterwards. One process converts a file at a time (the
+others wait and use its conversion); a conversion that cannot be read is damaged: it is moved aside and made
+again. A student built here that cannot be read is moved aside too, and the message says to build it again.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
+import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
+
+from safetensors import SafetensorError
 
 from . import catalog, store
 from .progress import OnStage, no_stage
@@ -73,13 +77,12 @@ def load(model: str, *, trust_remote_code: bool = False, on_stage: OnStage | Non
     on_stage = on_stage or no_stage
     source = resolve_source(model)
     if source.kind in ("embedded", "gguf"):
-        weights_dir = _converted_gguf(model, Path(source.location), on_stage)
-        return (*_from_pretrained(str(weights_dir), on_stage, local_files_only=True), str(weights_dir))
+        (model_obj, tokenizer), weights_dir = _from_conversion(
+            model, Path(source.location), on_stage, lambda path: _from_pretrained(str(path), on_stage,
+                                                                                 local_files_only=True))
+        return model_obj, tokenizer, str(weights_dir)
     if source.kind == "dir":
-        return (
-            *_from_pretrained(source.location, on_stage, local_files_only=True, trust_remote_code=trust_remote_code),
-            source.location,
-        )
+        return (*_from_dir(source.location, on_stage, trust_remote_code), source.location)
     return (*_load_hub(source.location, trust_remote_code, on_stage), source.location)
 
 
@@ -93,16 +96,20 @@ def load_tokenizer(model: str, *, trust_remote_code: bool = False, on_stage: OnS
 
     on_stage = on_stage or no_stage
     source = resolve_source(model)
-    if source.kind in ("embedded", "gguf"):
-        location, local = str(_converted_gguf(model, Path(source.location), on_stage)), True
-    else:
-        location, local = source.location, source.kind == "dir" or catalog.hub_cached(source.location)
+    local = source.kind != "hub" or catalog.hub_cached(source.location)
     kwargs = {"trust_remote_code": trust_remote_code, "local_files_only": local}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-    except (ValueError, OSError, KeyError) as exc:
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelSourceError(f"cannot load the tokenizer of {location}: {first_line}") from exc
+
+    def read(location) -> object:
+        try:
+            return AutoTokenizer.from_pretrained(str(location), **kwargs)
+        except (ValueError, OSError, KeyError) as exc:
+            raise ModelSourceError(f"cannot load the tokenizer of {location}: {_first_line(exc)}") from exc
+
+    if source.kind in ("embedded", "gguf"):
+        tokenizer, location = _from_conversion(model, Path(source.location), on_stage, read)
+    else:
+        location = source.location
+        tokenizer = read(location)
     try:
         eos = GenerationConfig.from_pretrained(location, **kwargs).eos_token_id
     except (ValueError, OSError):
@@ -116,15 +123,72 @@ def source_key(model: str) -> str:
     return Recipe(model=model, device="cpu", dtype="fp32").key()
 
 
+def _from_conversion(model: str, gguf: Path, on_stage: OnStage, read):
+    """``(read(weights_dir), weights_dir)`` for a GGUF source's conversion. A conversion ``read`` cannot load
+    (ModelSourceError) is damaged: it is moved aside, converted again, and read once more."""
+    weights_dir = _converted_gguf(model, gguf, on_stage)
+    seen = store.artifact_id(weights_dir.name)
+    try:
+        return read(weights_dir), weights_dir
+    except ModelSourceError as exc:
+        aside = _set_aside(weights_dir, seen)
+        on_stage(f"{weights_dir} was damaged ({_first_line(exc.__cause__ or exc)})"
+                 + (f"; moved it to {aside.name} and converting {gguf.name} again" if aside else ""), 0.05)
+    weights_dir = _converted_gguf(model, gguf, on_stage)
+    return read(weights_dir), weights_dir
+
+
+def _from_dir(location: str, on_stage: OnStage, trust_remote_code: bool):
+    """A local model directory; a student built here that cannot be read is moved aside, to be built again."""
+    path = Path(location)
+    key = path.name if path.parent == store.artifacts_dir().resolve() else None
+    seen = store.artifact_id(key) if key else None
+    try:
+        return _from_pretrained(location, on_stage, local_files_only=True, trust_remote_code=trust_remote_code)
+    except ModelSourceError as exc:
+        if key is None:
+            raise
+        aside = _set_aside(path, seen)
+        moved = f"; it was moved to {aside.name}" if aside else ""
+        raise ModelSourceError(f"the student in {path} is damaged ({_first_line(exc.__cause__ or exc)}){moved}: "
+                               "build it again (`workbench distill` or the Student page)") from None
+
+
+def _set_aside(path: Path, seen: int | None) -> Path | None:
+    try:
+        return store.set_aside_artifact(path.name, seen)
+    except store.StoreError as exc:
+        raise ModelSourceError(str(exc)) from None
+
+
 def _converted_gguf(model: str, gguf: Path, on_stage: OnStage) -> Path:
+    """The safetensors conversion of a GGUF source, made once (under its build lock) and kept."""
     key = source_key(model)
     stat = gguf.stat()
     fingerprint = {"file": str(gguf), "size": stat.st_size, "mtime": int(stat.st_mtime)}
-    if store.artifact_ready(key):
-        meta = json.loads((store.artifact_path(key) / "recipe.json").read_text())
-        if meta.get("source") == fingerprint or model == EMBEDDED and meta.get("source", {}).get("size") == stat.st_size:
-            return store.artifact_path(key)
-        shutil.rmtree(store.artifact_path(key), ignore_errors=True)  # the .gguf changed since conversion
+    if _is_conversion_of(key, model, fingerprint):
+        return store.artifact_path(key)
+    try:
+        with store.building(key, f"the conversion of {gguf.name}", on_wait=lambda message: on_stage(message, 0.05)):
+            if _is_conversion_of(key, model, fingerprint):  # made by the process this one waited for
+                return store.artifact_path(key)
+            return _convert(model, gguf, key, fingerprint, on_stage)
+    except store.StoreError as exc:
+        raise ModelSourceError(str(exc)) from None
+
+
+def _is_conversion_of(key: str, model: str, fingerprint: dict) -> bool:
+    """Whether artifact ``key`` is a complete conversion of this very file (one of a changed .gguf is not)."""
+    if not store.artifact_ready(key):
+        return False
+    try:
+        source = json.loads((store.artifact_path(key) / store.MARKER).read_text()).get("source", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+    return source == fingerprint or model == EMBEDDED and source.get("size") == fingerprint["size"]
+
+
+def _convert(model: str, gguf: Path, key: str, fingerprint: dict, on_stage: OnStage) -> Path:
     on_stage(f"Converting {gguf.name} to safetensors (once; later loads are fast)", 0.05)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -132,9 +196,11 @@ def _converted_gguf(model: str, gguf: Path, on_stage: OnStage) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         with _BUILD_LOCK:
             model_obj = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
-    except (ValueError, OSError, KeyError, RuntimeError) as exc:
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelSourceError(f"cannot convert {gguf.name}: {first_line}") from exc
+    except (ValueError, OSError, KeyError, RuntimeError, struct.error) as exc:
+        damage = gguf_problem(gguf)
+        if damage:
+            raise ModelSourceError(f"{gguf} is not a complete GGUF file: {damage}; copy or download it again") from exc
+        raise ModelSourceError(f"cannot convert {gguf.name}: {_first_line(exc)}") from exc
     # The GGUF quantizer is attached on load, but the weights are already plain float:
     # clear it so save_pretrained writes ordinary safetensors.
     model_obj.hf_quantizer = None
@@ -147,7 +213,25 @@ def _converted_gguf(model: str, gguf: Path, on_stage: OnStage) -> Path:
         tokenizer.save_pretrained(tmp)
 
     meta = {"recipe": Recipe(model=model, device="cpu", dtype="fp32").to_dict(), "source": fingerprint}
-    return store.write_artifact(key, write, meta)
+    return store.write_artifact(key, write, meta, replace=True, what=f"the conversion of {gguf.name}")
+
+
+def gguf_problem(path: Path) -> str | None:
+    """What makes a file not a readable GGUF file (not one at all, cut short), or None when it reads."""
+    import gguf
+
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                return "it does not start with the GGUF magic bytes"
+        gguf.GGUFReader(str(path))
+    except (OSError, ValueError, KeyError, IndexError, struct.error) as exc:
+        return f"{type(exc).__name__}: {_first_line(exc)}"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _from_pretrained(location: str, on_stage: OnStage, **kwargs):
@@ -161,8 +245,11 @@ def _from_pretrained(location: str, on_stage: OnStage, **kwargs):
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
         with _BUILD_LOCK:
             model_obj = AutoModelForCausalLM.from_pretrained(location, config=config, dtype="float32", **kwargs)
+    except SafetensorError as exc:
+        raise ModelSourceError(f"cannot load {location}: a weights file is damaged ({_first_line(exc)}); "
+                               "copy or download it again") from exc
     except (ValueError, OSError, KeyError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first_line = _first_line(exc)
         if "trust_remote_code" in str(exc) or "custom code" in str(exc):
             raise ModelSourceError(
                 f"{location} needs its own model code; tick 'Allow remote code' (--trust-remote-code) "

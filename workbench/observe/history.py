@@ -1,8 +1,17 @@
-"""The request history: every request as one row in ``WORKBENCH_HOME/metrics.sqlite``, shared by every process."""
+"""The request history: every request as one row in ``WORKBENCH_HOME/metrics.sqlite``, shared by every process.
+
+The history never stops an answer: a file that is not a database (or a damaged one) is moved aside as
+``metrics.sqlite.damaged-<time>`` and a new one started; a database another process keeps locked past the busy
+timeout, a full disk or a read-only folder lose that row, quietly. Either way ``HistoryStore.problem`` says what
+happened, for the app and the CLI to show. Rows more than ``WORKBENCH_HISTORY_DAYS`` days (default 30; 0 keeps
+them all) older than the newest are deleted when the history is opened and every ``PRUNE_EVERY`` rows written.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 import threading
 from dataclasses import asdict
@@ -13,48 +22,151 @@ from ..recipe import Recipe
 from .listeners import notify
 from .records import RequestRecord, record_of
 
+log = logging.getLogger(__name__)
+
 _COLUMNS = (
     "recipe_key TEXT NOT NULL, recipe_label TEXT, started_at REAL NOT NULL, prompt_tokens INTEGER, "
     "new_tokens INTEGER, ttft_s REAL, tpot_s REAL, e2e_s REAL, decode_tok_s REAL, queue_s REAL, "
     "cache TEXT, finish_reason TEXT, origin TEXT, batch_size INTEGER, token_times TEXT"
 )
+DAYS_ENV = "WORKBENCH_HISTORY_DAYS"
+DEFAULT_DAYS = 30.0
+PRUNE_EVERY = 1000  # rows written between two retention passes
+BUSY_TIMEOUT_S = 5.0  # how long a write waits for another process's write lock before the row is dropped
+_DAMAGED = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)  # what moves a file aside (not: locked, full, read-only)
 
 
 class HistoryStore:
-    """Every request as one row in ``WORKBENCH_HOME/metrics.sqlite``; safe to share between threads."""
+    """Every request as one row in ``WORKBENCH_HOME/metrics.sqlite``; safe to share between threads.
 
-    def __init__(self, path: str | Path | None = None):
+    Args:
+        path: the database file (default ``WORKBENCH_HOME/metrics.sqlite``).
+        busy_timeout_s: how long a statement waits for another process's lock.
+    """
+
+    def __init__(self, path: str | Path | None = None, busy_timeout_s: float = BUSY_TIMEOUT_S):
         self.path = Path(path) if path else store.home() / "metrics.sqlite"
+        self.busy_timeout_s = busy_timeout_s
+        self.problem: str | None = None  # the last thing that went wrong, as one line to show
+        self.retention_days, why = retention_days()
         self._lock = threading.Lock()
-        with self._connect() as db:
-            db.execute(f"CREATE TABLE IF NOT EXISTS requests (id INTEGER PRIMARY KEY, {_COLUMNS})")
-            db.execute("CREATE INDEX IF NOT EXISTS requests_recipe ON requests (recipe_key, started_at)")
+        self._ready = False
+        self._written = 0
+        if why:
+            self.problem = why
+        self._run(lambda db: None)  # creates the table and applies the retention
+
+    # -- the database
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30)
+        db = sqlite3.connect(self.path, timeout=self.busy_timeout_s)
         # WAL without a sync per commit: a row costs well under a millisecond instead of an fsync (~10-20 ms),
-        # which would otherwise sit inside every request's completion and every cache hit.
+        # which would otherwise sit inside every request's completion and every cache hit. A commit is still
+        # atomic: a kill loses at most the last rows, never the file.
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         return db
 
+    def _setup(self, db: sqlite3.Connection) -> None:
+        db.execute(f"CREATE TABLE IF NOT EXISTS requests (id INTEGER PRIMARY KEY, {_COLUMNS})")
+        db.execute("CREATE INDEX IF NOT EXISTS requests_recipe ON requests (recipe_key, started_at)")
+        db.execute("CREATE INDEX IF NOT EXISTS requests_time ON requests (started_at)")
+        self.prune(db)
+        self._ready = True
+
+    def _run(self, work, default=None):
+        """``work(db)`` in one transaction on a fresh connection, under this store's lock. A damaged file is
+        moved aside and the work done again on a new one; any other database error (locked, disk full,
+        read-only) sets ``problem`` and returns ``default``: the history never fails a request."""
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    return self._once(work)
+                except sqlite3.DatabaseError as exc:
+                    if attempt == 1 and getattr(exc, "sqlite_errorcode", None) in _DAMAGED and self._set_aside(exc):
+                        continue
+                    self._failed(exc)
+                except OSError as exc:  # the folder itself cannot be made or read
+                    self._failed(exc)
+                return default
+
+    def _once(self, work):
+        db = self._connect()
+        try:
+            with db:
+                if not self._ready:
+                    self._setup(db)
+                return work(db)
+        finally:
+            db.close()
+
+    def _set_aside(self, exc: sqlite3.DatabaseError) -> bool:
+        """Move a damaged database (and its WAL files) aside; True when a new one can be started."""
+        try:
+            aside = store.set_aside(self.path)
+            for suffix in ("-wal", "-shm"):
+                extra = self.path.with_name(self.path.name + suffix)
+                if extra.exists():
+                    extra.rename(aside.with_name(aside.name.replace(self.path.name, extra.name, 1)))
+        except OSError:
+            return False
+        self._ready = False
+        self.problem = (f"The request history {self.path} could not be read ({exc}); it was moved to {aside.name} "
+                        "and a new, empty history started.")
+        log.warning(self.problem)
+        return True
+
+    def _failed(self, exc: Exception) -> None:
+        if getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            why = (f"another process kept it locked for over {self.busy_timeout_s:g} s; that request was not "
+                   "recorded (it is recorded again once the other process lets go)")
+        else:
+            why = f"{exc}; requests are not recorded until it can be written (is the disk full or read-only?)"
+        self.problem = f"The request history {self.path} cannot be written: {why}"
+        log.warning(self.problem)
+
+    # -- writing
+
     def add(self, rec: RequestRecord) -> None:
+        """Keep one request; a history that cannot be written drops it and says so in ``problem``."""
         row = asdict(rec)
         row["tpot_s"] = rec.tpot_s
         row["decode_tok_s"] = rec.decode_tok_s
         row["token_times"] = json.dumps([round(t, 6) for t in rec.token_times])
         names = ", ".join(row)
         marks = ", ".join(f":{k}" for k in row)
-        with self._lock, self._connect() as db:
+
+        def insert(db: sqlite3.Connection) -> None:
             db.execute(f"INSERT INTO requests ({names}) VALUES ({marks})", row)
+            self._written += 1
+            if self._written % PRUNE_EVERY == 0:
+                self.prune(db)
+
+        self._run(insert)
         notify(rec)
 
     def record(self, recipe: Recipe, result, origin: str, started_at: float) -> None:
         """Keep one finished request (``serving.GenerationResult``): the serving layer's ``Recorder``."""
         self.add(record_of(recipe, result, origin, started_at))
 
+    def prune(self, db: sqlite3.Connection) -> int:
+        """Delete the rows more than the retention older than the newest row (an indexed range); returns how many
+        went. Counted from the newest row, not from now, so a history left alone for a while keeps its last
+        days; with nothing to delete it only reads, so opening a history to read it takes no write lock."""
+        if not self.retention_days:
+            return 0
+        newest = db.execute("SELECT MAX(started_at) FROM requests").fetchone()[0]
+        if newest is None:
+            return 0
+        cutoff = newest - self.retention_days * 86400
+        if db.execute("SELECT 1 FROM requests WHERE started_at < ? LIMIT 1", (cutoff,)).fetchone() is None:
+            return 0
+        return db.execute("DELETE FROM requests WHERE started_at < ?", (cutoff,)).rowcount
+
+    # -- reading
+
     def recent(self, limit: int = 200, recipe_key: str | None = None, since: float | None = None) -> list[dict]:
-        """Most recent requests, oldest first."""
+        """Most recent requests, oldest first (read through the time index: no scan of the whole history)."""
         where, args = [], []
         if recipe_key:
             where.append("recipe_key = ?")
@@ -63,27 +175,38 @@ class HistoryStore:
             where.append("started_at >= ?")
             args.append(since)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        with self._lock, self._connect() as db:
-            db.row_factory = sqlite3.Row
-            rows = db.execute(
-                f"SELECT * FROM requests {clause} ORDER BY started_at DESC, id DESC LIMIT ?", (*args, limit)
-            ).fetchall()
-        out = [dict(r) for r in reversed(rows)]
-        for r in out:
-            r["token_times"] = json.loads(r["token_times"] or "[]")
-        return out
+        rows = self._rows(f"SELECT * FROM requests {clause} ORDER BY started_at DESC, id DESC LIMIT ?",
+                          (*args, limit))
+        return list(reversed(rows))
 
     def count(self) -> int:
-        with self._lock, self._connect() as db:
-            return db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+        return self._run(lambda db: db.execute("SELECT COUNT(*) FROM requests").fetchone()[0], 0)
 
     def after(self, last_id: int = 0, limit: int = 10_000) -> list[dict]:
         """Rows written after row ``last_id`` (by any process), in the order they were written, with their ``id``."""
-        with self._lock, self._connect() as db:
+        return self._rows("SELECT * FROM requests WHERE id > ? ORDER BY id LIMIT ?", (last_id, limit))
+
+    def _rows(self, query: str, args: tuple) -> list[dict]:
+        def read(db: sqlite3.Connection) -> list[dict]:
             db.row_factory = sqlite3.Row
-            rows = db.execute("SELECT * FROM requests WHERE id > ? ORDER BY id LIMIT ?", (last_id, limit)).fetchall()
-        out = [dict(r) for r in rows]
+            return [dict(r) for r in db.execute(query, args).fetchall()]
+
+        out = self._run(read, [])
         for r in out:
             r["token_times"] = json.loads(r["token_times"] or "[]")
         return out
 
+
+def retention_days() -> tuple[float, str | None]:
+    """``WORKBENCH_HISTORY_DAYS`` (0 keeps every row), and a message when its value is not a number of days."""
+    raw = os.environ.get(DAYS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_DAYS, None
+    try:
+        days = float(raw)
+        if days >= 0:
+            return days, None
+    except ValueError:
+        pass
+    return DEFAULT_DAYS, (f"{DAYS_ENV}={raw!r} is not a number of days (0 keeps every request); "
+                          f"keeping {DEFAULT_DAYS:g} days")

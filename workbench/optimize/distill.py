@@ -4,12 +4,18 @@ A student starts as a structurally pruned copy of the teacher (fewer layers and/
 and is healed by knowledge distillation: KL divergence between the teacher's and the student's
 temperature-softened next-token distributions, on text the teacher generates from the project's own prompts.
 Training checkpoints to the artifact cache (safetensors), so a run can stop and resume.
+
+What a kill -9 at any moment leaves behind is usable: the training text (``corpus.json``) is replaced atomically,
+a checkpoint is written whole to ``checkpoint.new`` and swapped in (so a complete one always exists), and the
+finished student is swapped in over a shorter one in one step (readers see the old student or the new one). One
+process builds a given student at a time: a second one is told who is building it.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
 import random
 import shutil
 import time
@@ -19,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, GenerationConfig
 
@@ -30,6 +37,8 @@ from .prune import calibration_inputs, prune_
 from .variants import find_student, student_key, student_name
 
 PROMPTS = Path(__file__).resolve().parents[2] / "assets" / "distill" / "prompts.txt"
+PROGRESS = "progress.json"  # written last into a checkpoint: its presence means the checkpoint is complete
+log = logging.getLogger(__name__)
 
 
 # --- building a student ------------------------------------------------------------------------------------
@@ -65,19 +74,28 @@ def distill(
     done = find_student(model, name)
     if done is not None and _meta(done)["student"]["steps"] >= steps:
         return _summary(name, done)
+    with store.building(key, f"student {name} of {model}", wait_s=0):
+        store.recover(store.artifact_path(key), store.MARKER)  # a publish killed between its two renames
+        done = find_student(model, name)  # another process may have finished it before this one took the lock
+        if done is not None and _meta(done)["student"]["steps"] >= steps:
+            return _summary(name, done)
+        return _train(model, spec, steps, name, key, done, on_step, checkpoint_every, stop)
 
+
+def _train(model, spec: StudentSpec, steps: int, name: str, key: str, done: Path | None, on_step: OnStep,
+           checkpoint_every: int, stop: Callable[[], bool] | None) -> dict:
+    """Distill under the student's build lock: resume from the furthest complete checkpoint, then publish."""
     start = time.perf_counter()
     teacher, tokenizer, _ = loading.load(model)
     teacher.eval().requires_grad_(False)
-    work = store.artifacts_dir() / f".{key}-work"
-    work.mkdir(exist_ok=True)
+    work = _work_dir(key)
     on_step(0, steps, {"stage": "teacher writes the training text"})
     if done is not None and not (work / "corpus.json").is_file() and (done / "corpus.json").is_file():
-        shutil.copy(done / "corpus.json", work / "corpus.json")  # resuming a published student: same text
+        store.write_file(work / "corpus.json", (done / "corpus.json").read_bytes())  # resuming: the same text
     corpus = _corpus(teacher, tokenizer, spec, work)
-    student, done_steps, losses = _init_or_resume(teacher, tokenizer, spec, work, done)
+    student, done_steps, losses, optimizer_state = _init_or_resume(teacher, tokenizer, spec, work, key, done, on_step)
     optimizer = torch.optim.AdamW(student.parameters(), lr=spec.lr, weight_decay=0.0)
-    _load_optimizer(optimizer, work)
+    _load_optimizer(optimizer, *optimizer_state)
     rng = random.Random(spec.seed + done_steps)
     t0 = time.perf_counter()
     first = done_steps
@@ -99,11 +117,28 @@ def distill(
     return _summary(name, path)
 
 
+def _work_dir(key: str) -> Path:
+    """``artifacts/.<key>-work``: the training text and the checkpoint, tidied after a kill (a checkpoint swap
+    cut short is undone; half-written and half-deleted folders go)."""
+    work = store.artifacts_dir() / f".{key}-work"
+    try:
+        work.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise store.StoreError(store.unwritable(work.parent, exc)) from None
+    store.recover(work / "checkpoint", PROGRESS)
+    for leftover in [work / "checkpoint.new", work / "checkpoint.tmp", *work.glob(".*.trash-*")]:
+        store.discard(leftover)
+    return work
+
+
 def _corpus(teacher, tokenizer, spec: StudentSpec, work: Path) -> list[list[int]]:
     """Teacher-written answers to the project's prompts (chat-formatted token ids), cached in the work dir."""
     path = work / "corpus.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        try:
+            return json.loads(path.read_text())
+        except ValueError:  # cut short by an older version's in-place write: written again
+            log.warning("%s is not complete JSON; the teacher writes the training text again", path)
     prompts = [p.strip() for p in PROMPTS.read_text().splitlines() if p.strip()]
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
@@ -127,24 +162,50 @@ def _corpus(teacher, tokenizer, spec: StudentSpec, work: Path) -> list[list[int]
                 while answer and answer[-1] == tokenizer.pad_token_id and tokenizer.pad_token_id != teacher.generation_config.eos_token_id:
                     answer.pop()
                 sequences.append((prompt + answer)[: spec.seq_len])
-    path.write_text(json.dumps(sequences))
+    store.write_file(path, json.dumps(sequences))
     return sequences
 
 
-def _init_or_resume(teacher, tokenizer, spec: StudentSpec, work: Path, done: Path | None):
-    """A checkpointed student if there is one (work dir, else the published artifact), else a pruned teacher."""
-    for source in (work / "checkpoint", done):
-        if source is not None and (Path(source) / "config.json").is_file():
-            state = json.loads((Path(source) / "progress.json").read_text())
-            student = AutoModelForCausalLM.from_pretrained(source, dtype="float32")
-            return student, state["steps"], state["losses"]
+def _init_or_resume(teacher, tokenizer, spec: StudentSpec, work: Path, key: str, done: Path | None,
+                    on_step: OnStep):
+    """The furthest complete checkpoint (the work dir's, else the published student), else a pruned teacher.
+
+    Returns (student, steps, losses, (optimizer tensors, optimizer scalars)). A checkpoint that cannot be read
+    is damaged: it is moved aside (said through ``on_step``) and the next one is tried.
+    """
+    found = [p for p in (work / "checkpoint", done) if p is not None and (p / PROGRESS).is_file()]
+    for source in sorted(found, key=_steps_of, reverse=True):
+        seen = store.artifact_id(key) if source == done else None
+        try:
+            return _resume(source)
+        except (SafetensorError, OSError, ValueError, KeyError) as exc:
+            aside = store.set_aside_artifact(key, seen) if source == done else store.set_aside(source)
+            where = f"; moved to {aside.name}" if aside else ""
+            on_step(0, 0, {"stage": f"checkpoint {source} is damaged ({type(exc).__name__}: {exc}){where}"})
+            log.warning("checkpoint %s is damaged (%s)%s", source, exc, where)
     student = copy.deepcopy(teacher).requires_grad_(True)
     calibration = calibration_inputs(tokenizer)
     if spec.layers_ratio:
         prune_(student, PruneSpec("layers", spec.layers_ratio), calibration)
     if spec.channels_ratio:
         prune_(student, PruneSpec("channels", spec.channels_ratio), calibration)
-    return student, 0, []
+    return student, 0, [], ({}, {})
+
+
+def _steps_of(checkpoint: Path) -> int:
+    try:
+        return int(json.loads((checkpoint / PROGRESS).read_text())["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
+
+
+def _resume(source: Path):
+    """Read a checkpoint whole (weights, progress, optimizer state) before any of it is used."""
+    state = json.loads((source / PROGRESS).read_text())
+    student = AutoModelForCausalLM.from_pretrained(source, dtype="float32")
+    optimizer_file = source / "optimizer.safetensors"
+    tensors = load_file(str(optimizer_file)) if optimizer_file.is_file() else {}
+    return student, int(state["steps"]), list(state["losses"]), (tensors, state.get("optimizer_scalars", {}))
 
 
 def _collate(batch: list[list[int]], tokenizer, seq_len: int):
@@ -189,9 +250,11 @@ def kd_loss(student_logits, teacher_logits, mask, temperature: float) -> torch.T
 
 
 def _checkpoint(student, optimizer, step: int, losses: list[float], work: Path) -> None:
-    tmp = work / "checkpoint.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    student.save_pretrained(tmp, safe_serialization=True)
+    """Write a checkpoint whole to ``checkpoint.new`` (its progress.json last, every file fsynced), then swap it
+    in for the last one: at every moment a complete checkpoint exists."""
+    new = work / "checkpoint.new"
+    store.discard(new)
+    student.save_pretrained(new, safe_serialization=True)
     tensors, scalars = {}, {}
     for i, p in enumerate(student.parameters()):
         state = optimizer.state.get(p, {})
@@ -200,19 +263,13 @@ def _checkpoint(student, optimizer, step: int, losses: list[float], work: Path) 
                 tensors[f"{i}.{name}"] = value.contiguous()
             else:
                 scalars[f"{i}.{name}"] = float(value)
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "progress.json").write_text(json.dumps({"steps": step, "losses": losses, "optimizer_scalars": scalars}))
-    final = work / "checkpoint"
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    save_file(tensors, str(new / "optimizer.safetensors"))
+    store.finish_dir(new, PROGRESS, json.dumps({"steps": step, "losses": losses, "optimizer_scalars": scalars}))
+    store.swap_in(new, work / "checkpoint")
 
 
-def _load_optimizer(optimizer, work: Path) -> None:
-    path = work / "checkpoint" / "optimizer.safetensors"
-    if not path.is_file():
-        return
-    tensors = load_file(str(path))
-    scalars = json.loads((work / "checkpoint" / "progress.json").read_text())["optimizer_scalars"]
+def _load_optimizer(optimizer, tensors: dict, scalars: dict) -> None:
+    """Put a checkpoint's optimizer state (tensors and scalars keyed ``<param index>.<name>``) back."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for i, p in enumerate(params):
         state = {n.split(".", 1)[1]: v for n, v in tensors.items() if n.split(".", 1)[0] == str(i)}
@@ -222,11 +279,7 @@ def _load_optimizer(optimizer, work: Path) -> None:
 
 
 def _publish(model, name, key, student, tokenizer, spec, steps, losses, teacher, work: Path, seconds: float) -> Path:
-    """Write the student as a finished artifact (replacing an older one with fewer steps)."""
-    final = store.artifact_path(key)
-    old = final.with_name(final.name + ".old")
-    if final.exists():
-        final.rename(old)  # a resumed student supersedes the shorter one
+    """Write the student as a finished artifact, swapped in over an older one with fewer steps in one step."""
     meta = {
         "recipe": Recipe(model=model, device="cpu", dtype="fp32", variant=name).to_dict(),
         "student": {
@@ -243,18 +296,12 @@ def _publish(model, name, key, student, tokenizer, spec, steps, losses, teacher,
     def write(tmp: Path) -> None:
         student.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / "progress.json").write_text(json.dumps({"steps": steps, "losses": losses}))
+        (tmp / PROGRESS).write_text(json.dumps({"steps": steps, "losses": losses}))
         if (work / "corpus.json").is_file():
             shutil.copy(work / "corpus.json", tmp / "corpus.json")
 
-    try:
-        path = store.write_artifact(key, write, meta)
-    except BaseException:
-        if old.exists() and not final.exists():
-            old.rename(final)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(work, ignore_errors=True)  # the published artifact is the new resume point
+    path = store.write_artifact(key, write, meta, replace=True, what=f"student {name} of {model}")
+    store.discard(work)  # the published artifact is the new resume point
     return path
 
 

@@ -1,6 +1,8 @@
 """Distilled variants: public teacher -> student pairs, and students built here (``distill``), by name.
 
-Looking a variant up never loads a model: a student built here is an artifact directory named by its recipe key.
+Looking a variant up never loads a model: a student built here is an artifact directory named by its recipe key,
+trusted only once complete (its ``recipe.json`` is written last); temp, superseded and damaged folders are not
+students.
 """
 
 from __future__ import annotations
@@ -28,19 +30,20 @@ def student_key(model: str, name: str) -> str:
 def find_student(model: str, name: str) -> Path | None:
     """The artifact directory of a finished student of ``model`` called ``name``, if one was built here."""
     path = store.artifact_path(student_key(model, name))
+    store.recover_artifact(path.name)
     return path if store.artifact_ready(path.name) and (path / "config.json").is_file() else None
 
 
 def list_students(model: str) -> list[dict]:
     """Students built here for ``model``: name, steps, and the quality recorded when they were built."""
     found = []
-    for meta_path in store.artifacts_dir().glob("*/recipe.json"):
+    for path in store.artifacts():
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads((path / store.MARKER).read_text())
         except (OSError, ValueError):
             continue
         student = meta.get("student")
-        if student and meta.get("recipe", {}).get("model") == model and (meta_path.parent / "config.json").is_file():
+        if student and meta.get("recipe", {}).get("model") == model and (path / "config.json").is_file():
             found.append({"name": meta["recipe"]["variant"], **student})
     return sorted(found, key=lambda s: s["name"])
 

@@ -2,8 +2,9 @@
 
 The pipeline's order stays: source -> float weights -> variant -> prune, then (instead of a PyTorch quantizer)
 write an F32 GGUF file and quantize it with ``llama_model_quantize``. ``--dtype shipped`` serves a ``.gguf``
-source exactly as it is. Every file is an artifact (temp file, then renamed into place) keyed by the weights'
-part of the recipe, so the batch size and threads share one file; a file that cannot be read is rebuilt.
+source exactly as it is. Every file is an artifact (temp folder, then renamed into place) keyed by the weights'
+part of the recipe, so the batch size and threads share one file; one process makes a file at a time (the others
+wait and use it); a file that cannot be read is moved aside and made again.
 
 ``llama-cpp-python`` is an optional library (it compiles llama.cpp when installed): without it the runtime says
 why it cannot run, and everything else works.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -128,15 +128,32 @@ def gguf_file(recipe: Recipe, *, trust_remote_code: bool = False,
     """
     if recipe.dtype == "shipped":
         path = Path(loading.resolve_source(recipe.model).location)
-        return path, {}, gguf_files.contents(path)
+        try:
+            return path, {}, gguf_files.contents(path)
+        except gguf_files.GGUFError as exc:
+            raise loading.ModelSourceError(f"{exc}; copy or download it again") from None
     target = weights_recipe(recipe)
-    found = _ready(target)
+    found = _ready(target, on_stage)
     if found is not None:
         return found
+    try:
+        with store.building(target.key(), f"the {recipe.dtype} GGUF file of {recipe.label()}",
+                            on_wait=lambda message: on_stage(message, 0.1)):
+            return _ready(target, on_stage) or _make_file(recipe, target, trust_remote_code, on_stage)
+    except store.StoreError as exc:
+        raise loading.ModelSourceError(str(exc)) from None
+
+
+def _make_file(recipe: Recipe, target: Recipe, trust_remote_code: bool,
+               on_stage: OnStage) -> tuple[Path, dict, gguf_files.Contents]:
+    """Make the recipe's GGUF file (the caller holds its build lock): quantized from the F32 export, itself made
+    under its own lock when no other format of the same weights made it first."""
     f32 = weights_recipe(recipe, "fp32")
-    kept = _ready(f32)
-    source, meta = kept[:2] if kept else _make(f32, lambda tmp: _export(recipe, tmp, trust_remote_code, on_stage),
-                                               on_stage, "Writing the F32 GGUF file")
+    with store.building(f32.key(), f"the F32 GGUF file of {recipe.label()}",
+                        on_wait=lambda message: on_stage(message, 0.1)):
+        kept = _ready(f32, on_stage)
+        source, meta = kept[:2] if kept else _make(
+            f32, lambda tmp: _export(recipe, tmp, trust_remote_code, on_stage), on_stage, "Writing the F32 GGUF file")
     if recipe.dtype == "fp32":
         return source, meta, gguf_files.contents(source)
 
@@ -148,18 +165,24 @@ def gguf_file(recipe: Recipe, *, trust_remote_code: bool = False,
     return path, meta, gguf_files.contents(path)
 
 
-def _ready(recipe: Recipe) -> tuple[Path, dict, gguf_files.Contents] | None:
+def _ready(recipe: Recipe, on_stage: OnStage) -> tuple[Path, dict, gguf_files.Contents] | None:
     """``artifacts/<key>/model.gguf``, its export record and what it stores, when it is there and readable (a
-    damaged one is removed: never served, made again)."""
+    damaged one is moved aside: never served, made again)."""
     key = recipe.key()
     path = store.artifact_path(key) / "model.gguf"
     if not store.artifact_ready(key):
         return None
+    seen = store.artifact_id(key)
     try:
         found = gguf_files.contents(path)
-        return path, json.loads((path.parent / "recipe.json").read_text()).get("export", {}), found
-    except (gguf_files.GGUFError, OSError, ValueError):
-        shutil.rmtree(path.parent, ignore_errors=True)
+        return path, json.loads((path.parent / store.MARKER).read_text()).get("export", {}), found
+    except (gguf_files.GGUFError, OSError, ValueError) as exc:
+        try:
+            aside = store.set_aside_artifact(key, seen)
+        except store.StoreError as error:
+            raise loading.ModelSourceError(str(error)) from None
+        moved = f"; moved it to {aside.name}, making it again" if aside else ""
+        on_stage(f"{exc}{moved}", 0.1)
         return None
 
 
@@ -168,7 +191,8 @@ def _make(recipe: Recipe, write, on_stage: OnStage, stage: str) -> tuple[Path, d
     on_stage(stage, 0.5)
     made: dict = {}
     store.write_artifact(recipe.key(), lambda tmp: made.update(write(tmp)),
-                         {"recipe": recipe.to_dict(), "export": made})  # made is filled before it is written
+                         {"recipe": recipe.to_dict(), "export": made},  # made is filled before it is written
+                         replace=True, what=f"the {recipe.dtype} GGUF file of {recipe.label()}")
     return store.artifact_path(recipe.key()) / "model.gguf", made
 
 

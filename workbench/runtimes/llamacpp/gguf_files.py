@@ -47,7 +47,7 @@ def contents(path: Path) -> Contents:
     try:
         with open(path, "rb") as f:
             if f.read(4) != GGUF_MAGIC:
-                raise GGUFError(f"{path} is not a GGUF file")
+                raise GGUFError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
         reader = gguf.GGUFReader(str(path))
         tensors = list(reader.tensors)
         arch = reader.fields["general.architecture"].contents()
@@ -55,7 +55,7 @@ def contents(path: Path) -> Contents:
     except GGUFError:
         raise
     except (OSError, ValueError, KeyError, IndexError, struct.error) as exc:
-        raise GGUFError(f"{path} cannot be read as a GGUF file ({type(exc).__name__}: {exc})") from None
+        raise GGUFError(f"{path} is not a complete GGUF file: {type(exc).__name__}: {exc}") from None
     types = Counter(t.tensor_type.name for t in tensors)
     return Contents(params=sum(int(t.n_elements) for t in tensors), weight_bytes=sum(int(t.n_bytes) for t in tensors),
                     tensor_types=dict(types.most_common()), architecture=arch, block_count=blocks)
