@@ -1,8 +1,10 @@
 import json
+from pathlib import Path
 
 import pytest
+import torch
 
-from workbench import catalog, loading
+from workbench import catalog, loading, store
 from workbench.loading import ModelSourceError, resolve_source
 from workbench.optimize.pipeline import build
 from workbench.recipe import Recipe, RecipeError
@@ -71,3 +73,64 @@ def test_unbuildable_parts_of_a_recipe_name_the_field(tiny_model_dir):
         with pytest.raises(RecipeError) as err:
             build(recipe)
         assert err.value.field == field and "available" in str(err.value)
+
+
+# Damaged files -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_gguf(tmp_path):
+    """The tiny model as an F32 GGUF file: a source that is converted to safetensors once, like the embedded one."""
+    from tiny import make_model, make_tokenizer
+
+    from workbench.runtimes.llamacpp import export
+
+    tokenizer = make_tokenizer()
+    path = tmp_path / "tiny.gguf"
+    export.write_gguf(make_model(tokenizer), tokenizer, path, name="tiny", pre="gpt2")
+    return path
+
+
+def test_a_truncated_gguf_file_is_one_message_naming_it(tiny_gguf):
+    data = tiny_gguf.read_bytes()
+    for cut in (100, len(data) // 2):  # inside the header (struct.error in transformers), inside the tensors
+        tiny_gguf.write_bytes(data[:cut])
+        with pytest.raises(ModelSourceError) as err:
+            loading.load(str(tiny_gguf))
+        message = str(err.value)
+        assert message.startswith(f"{tiny_gguf} is not a complete GGUF file: ") and "\n" not in message
+        assert message.endswith("copy or download it again")
+    tiny_gguf.write_text("not a model")
+    with pytest.raises(ModelSourceError, match="does not start with the GGUF magic bytes"):
+        loading.load(str(tiny_gguf))
+
+
+def test_a_damaged_conversion_is_set_aside_and_made_again(tiny_gguf):
+    first, _, weights = loading.load(str(tiny_gguf))
+    expected = [t.clone() for t in first.state_dict().values()]  # its weights are mapped from the file cut below
+    del first
+    weights = Path(weights)
+    safetensors = weights / "model.safetensors"
+    safetensors.write_bytes(safetensors.read_bytes()[: safetensors.stat().st_size // 2])
+    stages = []
+    again, tokenizer, same = loading.load(str(tiny_gguf), on_stage=lambda stage, _: stages.append(stage))
+    assert same == str(weights) and store.artifact_ready(weights.name)
+    assert any(s.startswith(f"{weights} was damaged (") and s.endswith("converting tiny.gguf again") for s in stages)
+    assert [p.name[: len(weights.name) + 9] for p in weights.parent.glob(f"{weights.name}.damaged-*")] == [
+        f"{weights.name}.damaged-"]
+    for a, b in zip(expected, again.state_dict().values()):
+        assert torch.equal(a, b)
+    (weights / "tokenizer.json").write_text('{"version": ')  # cut short: the tokenizer alone is read too
+    tokenizer, eos = loading.load_tokenizer(str(tiny_gguf))
+    assert tokenizer("Hello")["input_ids"] and json.loads((weights / "tokenizer.json").read_text())
+
+
+def test_a_damaged_model_directory_says_which_file_and_what_to_do(tmp_path):
+    from tiny import save_tiny
+
+    model_dir = save_tiny(tmp_path / "model")
+    (model_dir / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header")
+    with pytest.raises(ModelSourceError) as err:
+        loading.load(str(model_dir))
+    assert str(err.value).startswith(f"cannot load {model_dir}: a weights file is damaged (")
+    assert str(err.value).endswith("copy or download it again") and (model_dir / "model.safetensors").exists()

@@ -1,6 +1,7 @@
 """The request history: rows written, filtered and read back, and the Recorder the serving layer calls."""
 
 import math
+import sqlite3
 
 import pytest
 
@@ -42,3 +43,77 @@ def test_a_finished_result_is_recorded_with_its_recipe_origin_and_figures(tmp_pa
     assert row["tpot_s"] == pytest.approx(result.tpot_s) and row["token_times"] == [0.2, 0.3, 0.4]
     again = record_from_row(row)
     assert again.tpot_s == pytest.approx(result.tpot_s) and again.queue_s == pytest.approx(0.05)
+
+
+# Damage, locks, retention -----------------------------------------------------------------------------------
+
+
+def test_a_file_that_is_not_a_database_is_moved_aside_and_a_new_history_started(tmp_path):
+    path = tmp_path / "metrics.sqlite"
+    path.write_bytes(b"this is not a database, it is text " * 200)
+    store = HistoryStore(path)
+    (aside,) = tmp_path.glob("metrics.sqlite.damaged-*")
+    assert store.problem == (f"The request history {path} could not be read (file is not a database); it was moved "
+                             f"to {aside.name} and a new, empty history started.")
+    store.add(_record("a", 1000.0))
+    assert store.count() == 1 and aside.read_bytes().startswith(b"this is not a database")
+
+
+def test_damage_found_while_reading_sets_the_file_aside_too(tmp_path):
+    path = tmp_path / "metrics.sqlite"
+    store = HistoryStore(path)
+    for i in range(300):
+        store.add(_record("a", 1000.0 + i))
+    data = bytearray(path.read_bytes())
+    data[4096:] = b"\xff" * (len(data) - 4096)  # every page after the first overwritten
+    path.write_bytes(bytes(data))
+    fresh = HistoryStore(path)  # the schema page reads; the rows' pages do not
+    (aside,) = tmp_path.glob("metrics.sqlite.damaged-*")
+    assert fresh.problem.startswith(f"The request history {path} could not be read (database disk image is malformed)")
+    fresh.add(_record("b", 2000.0))
+    assert [r["recipe_key"] for r in fresh.recent()] == ["b"]
+
+
+def test_a_locked_history_drops_the_row_quietly_and_says_why(tmp_path):
+    path = tmp_path / "metrics.sqlite"
+    store = HistoryStore(path, busy_timeout_s=0.2)
+    store.add(_record("a", 1000.0))
+    other = sqlite3.connect(path)
+    other.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+    other.execute("INSERT INTO requests (recipe_key, started_at) VALUES ('x', 1.0)")
+    try:
+        store.record(Recipe(device="cpu"), GenerationResult(text="Hi", prompt_tokens=3, new_tokens=1, token_times=[0.1],
+                                                            ttft_s=0.1, e2e_s=0.1, queue_s=0.0, finish_reason="eos"),
+                     "chat", 1001.0)
+        assert "another process kept it locked for over 0.2 s; that request was not recorded" in store.problem
+        assert [r["recipe_key"] for r in store.recent()] == ["a"]  # reading still works under a write lock
+    finally:
+        other.rollback()
+        other.close()
+    store.add(_record("c", 1002.0))
+    assert store.count() == 2
+
+
+def test_rows_older_than_the_retention_are_deleted_on_open(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.sqlite"
+    store = HistoryStore(path)
+    day = 86400.0
+    for age_days in (40, 31, 29, 1, 0):
+        store.add(_record(f"{age_days}d", 1e9 - age_days * day))
+    monkeypatch.setenv("WORKBENCH_HISTORY_DAYS", "0")
+    assert HistoryStore(path).count() == 5  # 0 keeps every row
+    monkeypatch.setenv("WORKBENCH_HISTORY_DAYS", "30")
+    assert [r["recipe_key"] for r in HistoryStore(path).recent()] == ["29d", "1d", "0d"]  # counted from the newest
+    monkeypatch.setenv("WORKBENCH_HISTORY_DAYS", "a month")
+    kept = HistoryStore(path)
+    assert kept.retention_days == 30 and "WORKBENCH_HISTORY_DAYS='a month' is not a number of days" in kept.problem
+
+
+def test_recent_reads_through_the_time_index_without_sorting_the_history(tmp_path):
+    store = HistoryStore(tmp_path / "metrics.sqlite")
+    db = sqlite3.connect(store.path)
+    for clause in ("", "WHERE started_at >= 5"):
+        plan = " ".join(row[-1] for row in db.execute(
+            f"EXPLAIN QUERY PLAN SELECT * FROM requests {clause} ORDER BY started_at DESC, id DESC LIMIT 10"))
+        assert "USING INDEX requests_time" in plan and "TEMP B-TREE" not in plan, plan
+    db.close()

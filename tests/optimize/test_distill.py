@@ -1,13 +1,14 @@
 """Distillation on a tiny teacher: the loss, a student that builds, checkpoints, resumes and loads as a variant."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from workbench import runtimes, store
 from workbench.optimize.distill import PROMPTS, distill, kd_loss
-from workbench.optimize.variants import find_student, list_students, student_name, variant_source
+from workbench.optimize.variants import find_student, list_students, student_key, student_name, variant_source
 from workbench.recipe import GenerationSettings, Recipe, RecipeError, StudentSpec
 from workbench.serving.engine import Engine
 
@@ -124,3 +125,53 @@ def test_the_training_prompts_hold_none_of_the_evaluation_questions():
     assert len(training) >= 100
     assert not training & questions
     assert not training & prompts
+
+
+# Damage and leftovers --------------------------------------------------------------------------------------
+
+
+def _spec(seed: int) -> StudentSpec:
+    return StudentSpec(layers_ratio=0.5, lr=1e-3, batch_size=2, seq_len=48, corpus_new_tokens=8, samples_per_prompt=1,
+                       seed=seed)
+
+
+def test_a_damaged_student_is_set_aside_with_a_message_and_built_again(teacher_dir):
+    from workbench.loading import ModelSourceError
+
+    model, spec = str(teacher_dir), _spec(11)
+    built = distill(model, spec, steps=2)
+    path = find_student(model, built["name"])
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ModelSourceError) as err:
+        runtimes.build(Recipe(model=model, device="cpu", variant=built["name"]))
+    (aside,) = path.parent.glob(f"{path.name}.damaged-*")
+    assert str(err.value).startswith(f"the student in {path} is damaged (")
+    assert str(err.value).endswith(f"; it was moved to {aside.name}: build it again (`workbench distill` or the "
+                                   "Student page)")
+    assert find_student(model, built["name"]) is None and built["name"] not in [s["name"] for s in list_students(model)]
+    assert distill(model, spec, steps=2)["steps"] == 2 and find_student(model, built["name"]) == path
+
+
+def test_only_complete_students_are_listed_not_temp_superseded_or_damaged_folders(teacher_dir):
+    import shutil
+
+    model = str(teacher_dir)
+    built = distill(model, _spec(12), steps=1)
+    path = Path(built["path"])
+    for name in (f"{path.name}.old", f"{path.name}.damaged-20260101-000000", f".{path.name}.tmp-abc"):
+        shutil.copytree(path, path.with_name(name))
+    assert [s["name"] for s in list_students(model)].count(built["name"]) == 1
+
+
+def test_a_corpus_cut_short_by_an_older_version_is_written_again(teacher_dir):
+    model, spec = str(teacher_dir), _spec(13)
+    key = student_key(model, student_name(model, spec))
+    work = store.artifacts_dir() / f".{key}-work"
+    work.mkdir()
+    (work / "corpus.json").write_text("[[1, 2, 3], [4, ")  # an older version's in-place write, killed
+    out = distill(model, spec, steps=3, checkpoint_every=1, stop=lambda: False)
+    assert out["steps"] == 3 and not work.exists()  # published: the work dir is the published student now
+    corpus = json.loads((Path(out["path"]) / "corpus.json").read_text())
+    assert len(corpus) > 2 and all(isinstance(seq, list) for seq in corpus)
+

@@ -119,14 +119,14 @@ def _train(model, spec: StudentSpec, steps: int, name: str, key: str, done: Path
 
 def _work_dir(key: str) -> Path:
     """``artifacts/.<key>-work``: the training text and the checkpoint, tidied after a kill (a checkpoint swap
-    cut short is undone; half-written and half-deleted folders go)."""
+    cut short is undone; half-written files, half-written and half-deleted folders go)."""
     work = store.artifacts_dir() / f".{key}-work"
     try:
         work.mkdir(exist_ok=True)
     except OSError as exc:
         raise store.StoreError(store.unwritable(work.parent, exc)) from None
     store.recover(work / "checkpoint", PROGRESS)
-    for leftover in [work / "checkpoint.new", work / "checkpoint.tmp", *work.glob(".*.trash-*")]:
+    for leftover in [work / "checkpoint.new", work / "checkpoint.tmp", *work.glob(".*.trash-*"), *work.glob(".*.tmp")]:
         store.discard(leftover)
     return work
 
