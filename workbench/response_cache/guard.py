@@ -56,8 +56,10 @@ can could should would will shall may might must
 to of in on at for from by with into onto about as than so if then also just really very please
 and or but vs versus nor what which how who whom whose when where why much many
 """.split())
+_COUNTING = {"many", "much", "few", "several"}
 _DETERMINERS = set("a an the my your his her its our their this that these those some any each every".split())
-_RELATED = {"&", "+", "="}  # WordNet pointers to a sense that says the same: similar to, derived form, attribute
+# WordNet pointers to a sense that says the same: similar to, derived form, attribute, adverb's adjective.
+_RELATED = {"&", "+", "=", "\\"}
 
 
 @dataclass
@@ -198,7 +200,9 @@ def _parse(text: str, lexicon: WordNet) -> _Question:
             "superlative" if i and tokens[i - 1] in ("most", "least") else _degree(word, lexicon)
         lemmas = {(pos, lemma) for pos in "nvar" for lemma in lexicon.lemmas(word, pos)}
         senses = frozenset(s for pos, lemma in lemmas for s in lexicon.senses(lemma, pos))
-        after_determiner = i > 0 and tokens[i - 1] in _DETERMINERS and any(pos == "n" for pos, _ in lemmas)
+        # After an article, a number or "many", a word that can be a noun is one ("50 pounds", "a human").
+        introduced = i > 0 and (i - 1 in skip or tokens[i - 1] in _DETERMINERS | _COUNTING)
+        after_determiner = introduced and any(pos == "n" for pos, _ in lemmas)
         nominal = (i > 0 and token[:1].isupper()) or possessive or after_determiner or _is_noun(lemmas, lexicon)
         words.append(_Word(word, i, frozenset(lemma for _, lemma in lemmas) | {word}, senses, nominal, possessive,
                            degree))
@@ -292,6 +296,9 @@ def _aligned_differences(a: _Question, b: _Question, lexicon: WordNet) -> str | 
     right = [y.text for y in b.words if not any(y is q for _, q in pairs)]
     if left and right:
         return f"different words ({' '.join(left)} / {' '.join(right)})"
+    added = _added_modifier(a, pairs, 0) or _added_modifier(b, pairs, 1)
+    if added:
+        return f"added modifier ({added})"
     for x, y in pairs:
         if x.degree != y.degree:
             return f"different degree ({x.text} / {y.text})"
@@ -299,6 +306,21 @@ def _aligned_differences(a: _Question, b: _Question, lexicon: WordNet) -> str | 
         if role_x and role_y and role_x != role_y:
             return f"different role ({role_x} {x.text} / {role_y} {y.text})"
     return _swapped(a, b, pairs)
+
+
+def _added_modifier(q: _Question, pairs: list[tuple[_Word, _Word]], side: int) -> str | None:
+    """A word of one question only, right before a noun both share, that narrows it: "sticky rice" is not
+    any "rice", "North Korea" not "Korea". Verbs and adverbs there ("cook rice") do not count."""
+    aligned = {id(pair[side]) for pair in pairs}
+    for word, after in pairwise(q.words):
+        if id(word) not in aligned and id(after) in aligned and after.at == word.at + 1 and after.nominal and (
+                word.nominal or _is_adjective(word)):
+            return f"{word.text} {after.text}"
+    return None
+
+
+def _is_adjective(word: _Word) -> bool:
+    return any(sense[0] == "a" for sense in word.senses) and not any(sense[0] == "v" for sense in word.senses)
 
 
 def _role(q: _Question, word: _Word) -> str | None:
