@@ -271,7 +271,7 @@ def building(key: str, what: str, *, wait_s: float | None = None,
         if first:
             with suppress(OSError):
                 write_file(artifacts_dir() / f".{key}.owner", str(os.getpid()))
-            clean_leftovers()
+            clean_leftovers(owned=key)
         yield
     finally:
         with _guard:
@@ -362,10 +362,14 @@ def recover_artifact(key: str) -> None:
         recover(artifact_path(key), MARKER)
 
 
-def clean_leftovers() -> list[Path]:
+def clean_leftovers(owned: str | None = None) -> list[Path]:
     """Remove what killed builds left under ``artifacts/``: temp folders (full model copies) whose build lock no
     live process holds, folders a kill caught while they were being deleted, and a superseded ``<key>.old``
-    (put back by ``recover`` when it is the only complete copy). Returns the paths dealt with."""
+    (put back by ``recover`` when it is the only complete copy). Returns the paths dealt with.
+
+    Args:
+        owned: a key whose lock the caller has just taken (so none of its temp folders has a live builder).
+    """
     try:
         entries = [p for p in artifacts_dir().iterdir() if p.is_dir()]
     except OSError:
@@ -377,7 +381,7 @@ def clean_leftovers() -> list[Path]:
             done.append(path)
             continue
         match = _TEMP.match(path.name) or _OLD.match(path.name)
-        if match is None or _held[_lock_file(match["key"])]:
+        if match is None or match["key"] != owned and _held[_lock_file(match["key"])]:
             continue
         lock = _lock(match["key"])
         try:
