@@ -153,13 +153,14 @@ def test_clean_leftovers_removes_what_killed_builds_left_but_not_a_live_build_no
     root = store.artifacts_dir()
     dead_tmp, legacy_tmp, trash = root / ".aaaa.tmp-x1", root / ".bbbb-abcd_123", root / ".cccc.trash-0123abcd"
     live_tmp, work = root / ".dddd.tmp-x2", root / ".eeee-work"
-    for folder in (dead_tmp, legacy_tmp, trash, live_tmp, work):
+    for folder in (dead_tmp, legacy_tmp, trash, work):
         folder.mkdir()
         (folder / "model.safetensors").write_bytes(b"a full model copy")
     holding, release = threading.Event(), threading.Event()
 
     def live():
-        with store.building("dddd", "dddd"):
+        with store.building("dddd", "dddd"):  # taking the lock cleaned the others' leftovers already
+            live_tmp.mkdir()
             holding.set()
             release.wait(30)
 
@@ -167,6 +168,8 @@ def test_clean_leftovers_removes_what_killed_builds_left_but_not_a_live_build_no
     builder.start()
     assert holding.wait(30)
     try:
+        assert visible(root) == [".dddd.tmp-x2", ".eeee-work"]
+        dead_tmp.mkdir()  # another build killed meanwhile
         store.clean_leftovers()
     finally:
         release.set()

@@ -320,15 +320,36 @@ def write_artifact(key: str, write: Callable[[Path], None], meta: dict, *, repla
             write(tmp)
             finish_dir(tmp, MARKER, json.dumps(meta, indent=2, sort_keys=True))
             swap_in(tmp, final)
-        except OSError as exc:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            if exc.errno in (*_FULL, errno.EROFS, errno.EACCES):
-                raise StoreError(unwritable(artifacts_dir(), exc)) from None
-            raise
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            unable = write_failure(exc, artifacts_dir())
+            if unable is not None:
+                raise unable from None
             raise
     return final
+
+
+def write_failure(exc: BaseException, where: Path) -> StoreError | None:
+    """A StoreError saying that ``where`` cannot be written, when ``exc`` comes from a full disk or a read-only
+    folder; None for any other failure."""
+    failed = os_error(exc)
+    if failed is not None and failed.errno in (*_FULL, errno.EROFS, errno.EACCES):
+        return StoreError(unwritable(where, failed))
+    return None
+
+
+def os_error(exc: BaseException) -> OSError | None:
+    """The operating system's error behind ``exc``: itself, its cause, or the ``(os error N)`` that libraries
+    written in Rust (safetensors, tokenizers) put in their messages."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno:
+            return exc
+        found = re.search(r"\(os error (\d+)\)", str(exc))
+        if found:
+            number = int(found[1])
+            return OSError(number, os.strerror(number))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def artifact_id(key: str) -> int | None:

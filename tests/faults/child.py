@@ -5,7 +5,8 @@ point inside a write, says so and waits: to be killed with SIGKILL, or told to g
 
 Environment: ``WORKBENCH_HOME``; ``FAULT_AT`` the point (below); ``FAULT_REACHED`` a file this process creates when
 it gets there; ``FAULT_GO`` a file whose appearance lets it go on (without one it waits to be killed);
-``FAULT_NO_EXCHANGE=1`` makes folder swaps use two renames (as where the OS has no atomic exchange).
+``FAULT_NO_EXCHANGE=1`` makes folder swaps use two renames (as where the OS has no atomic exchange);
+``FAULT_FSIZE=<bytes>`` makes every write past that size fail with EFBIG (a full disk, where nothing can be mounted).
 
 Points (``kind:name``): ``finish_dir:<text>`` before the marker of a temp folder whose path holds ``<text>``;
 ``swap_in:<name>`` before a complete folder is swapped in at ``<name>``; ``renamed:<name>`` just after a rename to
@@ -98,10 +99,14 @@ def install(point: str) -> None:
 
 
 def convert(gguf: str) -> dict:
+    """Load a GGUF source (converting it once); a ModelSourceError is the result, as the CLI would show it."""
     from workbench import loading
 
     stages = []
-    _, _, weights = loading.load(gguf, on_stage=lambda stage, _: stages.append(stage))
+    try:
+        _, _, weights = loading.load(gguf, on_stage=lambda stage, _: stages.append(stage))
+    except loading.ModelSourceError as exc:
+        return {"error": str(exc), "stages": stages}
     return {"weights": weights, "stages": stages}
 
 
@@ -148,6 +153,13 @@ def cache(directory: str) -> dict:
 SCENARIOS = {"convert": convert, "gguf_file": gguf_file, "distill": distill, "history": history, "cache": cache}
 
 if __name__ == "__main__":
+    if os.environ.get("FAULT_FSIZE"):
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
+        limit = int(os.environ["FAULT_FSIZE"])
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     if os.environ.get("FAULT_NO_EXCHANGE") == "1":
         store._exchange = lambda a, b: False
     if os.environ.get("FAULT_AT"):

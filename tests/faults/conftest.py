@@ -26,17 +26,18 @@ class Child:
         at: the fault point to pause at (see child.py).
         go: pause until ``go()`` rather than until killed.
         exchange: False makes folder swaps use two renames.
+        fsize: writes past this many bytes fail with EFBIG (RLIMIT_FSIZE).
     """
 
     def __init__(self, home: Path, scenario: str, at: str | None = None, go: bool = False, exchange: bool = True,
-                 **args):
+                 fsize: int | None = None, **args):
         run = home.parent / f"child-{uuid.uuid4().hex[:8]}"
         run.mkdir()
         self.reached, self.go_file = run / "reached", run / "go"
         self.out, self.err = run / "stdout", run / "stderr"
         env = {**os.environ, "WORKBENCH_HOME": str(home), "FAULT_REACHED": str(self.reached),
                "FAULT_AT": at or "", "FAULT_GO": str(self.go_file) if go else "",
-               "FAULT_NO_EXCHANGE": "" if exchange else "1"}
+               "FAULT_NO_EXCHANGE": "" if exchange else "1", "FAULT_FSIZE": str(fsize or "")}
         with open(self.out, "w") as out, open(self.err, "w") as err:
             self.process = subprocess.Popen([sys.executable, str(CHILD), scenario, json.dumps(args)], env=env,
                                             stdout=out, stderr=err)
@@ -140,3 +141,35 @@ def spec() -> dict:
     """A tiny student of the tiny teacher (``StudentSpec`` fields): a few steps take a second."""
     return {"layers_ratio": 0.5, "lr": 1e-3, "batch_size": 2, "seq_len": 48, "corpus_new_tokens": 8,
             "samples_per_prompt": 1}
+
+
+class Mount:
+    """A tmpfs mounted by the test (it runs as root): a small disk to fill, or one to make read-only."""
+
+    def __init__(self, path: Path, size: str):
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
+                              text=True)
+        self.error = None if done.returncode == 0 else (done.stderr.strip() or f"mount exited {done.returncode}")
+
+    def remount(self, options: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{options}", str(self.path)], check=True, capture_output=True)
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+
+
+@pytest.fixture
+def mount(tmp_path):
+    """``mount(size)``: a tmpfs at tmp_path/mnt<n>; its ``error`` says why not where mounting is refused."""
+    mounted: list[Mount] = []
+
+    def make(size: str) -> Mount:
+        mounted.append(Mount(tmp_path / f"mnt{len(mounted)}", size))
+        return mounted[-1]
+
+    yield make
+    for m in mounted:
+        if m.error is None:
+            m.unmount()

@@ -162,7 +162,13 @@ def _corpus(teacher, tokenizer, spec: StudentSpec, work: Path) -> list[list[int]
                 while answer and answer[-1] == tokenizer.pad_token_id and tokenizer.pad_token_id != teacher.generation_config.eos_token_id:
                     answer.pop()
                 sequences.append((prompt + answer)[: spec.seq_len])
-    store.write_file(path, json.dumps(sequences))
+    try:
+        store.write_file(path, json.dumps(sequences))
+    except OSError as exc:
+        unable = store.write_failure(exc, work)
+        if unable is None:
+            raise
+        raise unable from None
     return sequences
 
 
@@ -251,20 +257,27 @@ def kd_loss(student_logits, teacher_logits, mask, temperature: float) -> torch.T
 
 def _checkpoint(student, optimizer, step: int, losses: list[float], work: Path) -> None:
     """Write a checkpoint whole to ``checkpoint.new`` (its progress.json last, every file fsynced), then swap it
-    in for the last one: at every moment a complete checkpoint exists."""
+    in for the last one: at every moment a complete checkpoint exists. StoreError on a full disk."""
     new = work / "checkpoint.new"
     store.discard(new)
-    student.save_pretrained(new, safe_serialization=True)
-    tensors, scalars = {}, {}
-    for i, p in enumerate(student.parameters()):
-        state = optimizer.state.get(p, {})
-        for name, value in state.items():
-            if torch.is_tensor(value) and value.dim() > 0:
-                tensors[f"{i}.{name}"] = value.contiguous()
-            else:
-                scalars[f"{i}.{name}"] = float(value)
-    save_file(tensors, str(new / "optimizer.safetensors"))
-    store.finish_dir(new, PROGRESS, json.dumps({"steps": step, "losses": losses, "optimizer_scalars": scalars}))
+    try:
+        student.save_pretrained(new, safe_serialization=True)
+        tensors, scalars = {}, {}
+        for i, p in enumerate(student.parameters()):
+            state = optimizer.state.get(p, {})
+            for name, value in state.items():
+                if torch.is_tensor(value) and value.dim() > 0:
+                    tensors[f"{i}.{name}"] = value.contiguous()
+                else:
+                    scalars[f"{i}.{name}"] = float(value)
+        save_file(tensors, str(new / "optimizer.safetensors"))
+        store.finish_dir(new, PROGRESS, json.dumps({"steps": step, "losses": losses, "optimizer_scalars": scalars}))
+    except Exception as exc:
+        store.discard(new)
+        unable = store.write_failure(exc, work)
+        if unable is not None:
+            raise unable from None
+        raise
     store.swap_in(new, work / "checkpoint")
 
 
