@@ -141,9 +141,13 @@ def test_a_damaged_file_is_made_again_never_served(tiny_model_dir):
     path.write_bytes(data[: len(data) // 3])  # a kill in the middle of a write (or a disk error)
     with pytest.raises(gguf_files.GGUFError):
         gguf_files.contents(path)
-    again = runtimes.build(recipe)
+    stages = []
+    again = runtimes.build(recipe, on_stage=lambda stage, _: stages.append(stage))
     assert again.path == path and path.stat().st_size == len(data)
     assert store.artifact_ready(path.parent.name)
+    (aside,) = path.parent.parent.glob(f"{path.parent.name}.damaged-*")  # kept to look at, never served
+    assert any(s.startswith(f"{path} is not a complete GGUF file") and s.endswith(f"moved it to {aside.name}, making "
+                                                                                  "it again") for s in stages)
     again.close()
 
 
@@ -155,6 +159,17 @@ def test_a_truncated_file_is_one_clear_error(tmp_path):
     (tmp_path / "text.gguf").write_text("not a model")
     with pytest.raises(gguf_files.GGUFError, match="not a GGUF file"):
         gguf_files.contents(tmp_path / "text.gguf")
+
+
+def test_a_truncated_source_served_as_shipped_is_one_message_naming_it(tiny_fp32, tmp_path):
+    from workbench.loading import ModelSourceError
+
+    cut = tmp_path / "cut.gguf"
+    data = tiny_fp32.path.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelSourceError) as err:
+        runtimes.build(llama(cut, dtype="shipped"))
+    assert str(err.value).startswith(f"{cut} is not a complete GGUF file: ") and "\n" not in str(err.value)
 
 
 # Serving ------------------------------------------------------------------------------------------------------
