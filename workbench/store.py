@@ -255,7 +255,7 @@ def building(key: str, what: str, *, wait_s: float | None = None,
     lock = _lock(key)
     try:
         if not _try(lock, 0):
-            busy = f"{what} is being built by another process{_owner(key)}"
+            busy = f"{what} is being built by {_owner(key)}"
             if on_wait is not None and wait_s > 0:
                 on_wait(f"Waiting: {busy}")
             if not _try(lock, wait_s):
@@ -288,11 +288,12 @@ def _try(lock: filelock.FileLock, wait_s: float) -> bool:
 
 
 def _owner(key: str) -> str:
-    """' (pid N)' of the process that holds the lock of ``key``, when it said so."""
+    """Who holds the lock of ``key``: 'another process (pid N)' (when it said so), or another thread of this one."""
     try:
-        return f" (pid {int((artifacts_dir() / f'.{key}.owner').read_text())})"
+        pid = int((artifacts_dir() / f".{key}.owner").read_text())
     except (OSError, ValueError):
-        return ""
+        return "another process"
+    return "another thread of this process" if pid == os.getpid() else f"another process (pid {pid})"
 
 
 # Artifacts --------------------------------------------------------------------------------------------------
