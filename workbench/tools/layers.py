@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Bottom first. A module belongs to the first layer one of whose prefixes names it or a package above it.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundation", ("workbench.recipe", "workbench.latency", "workbench.formats", "workbench.progress",
-                    "workbench.conversation", "workbench.catalog", "workbench.devices")),
+                    "workbench.conversation", "workbench.catalog", "workbench.devices", "workbench.access")),
     ("store", ("workbench.store",)),
     ("loading", ("workbench.loading",)),
     ("optimize", ("workbench.optimize",)),
