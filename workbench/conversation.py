@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 def as_messages(messages: list[dict] | str) -> list[dict]:
     """A conversation as a list of role/content dicts; a string is one user message."""
@@ -14,6 +16,27 @@ def with_system_prompt(messages: list[dict], system_prompt: str | None) -> list[
     if system_prompt and system_prompt.strip():
         turns.insert(0, {"role": "system", "content": system_prompt.strip()})
     return turns
+
+
+def trim_to_fit(messages: list[dict], count: Callable[[list[dict]], int], budget: int) -> tuple[list[dict], int]:
+    """The latest turns of a conversation that fit ``budget`` tokens, and how many earlier turns were left out.
+
+    A leading system message is kept; the oldest turns go first, and the kept part starts with a user turn.
+    The last message is always kept, so the result may still be over budget when it alone is too long.
+
+    Args:
+        messages: role/content turns, optionally a system message first.
+        count: the prompt tokens of a list of turns.
+        budget: the most prompt tokens allowed.
+    """
+    system = messages[:1] if messages and messages[0]["role"] == "system" else []
+    turns = messages[len(system):]
+    dropped = 0
+    while len(turns) > 1 and count(system + turns) > budget:
+        turns, dropped = turns[1:], dropped + 1
+        while len(turns) > 1 and turns[0]["role"] != "user":
+            turns, dropped = turns[1:], dropped + 1
+    return system + turns, dropped
 
 
 def encode_chat(tokenizer, messages: list[dict]) -> list[int]:

@@ -19,7 +19,7 @@ if llamacpp.problem():
     pytest.skip(llamacpp.problem(), allow_module_level=True)
 
 from workbench.runtimes.llamacpp import export, gguf_files  # noqa: E402
-from workbench.serving.engine import Engine  # noqa: E402
+from workbench.serving.engine import ContextOverflow, Engine  # noqa: E402
 
 TEXTS = [
     "Plain English, with punctuation: yes; no? Maybe!",
@@ -221,15 +221,17 @@ def test_seeded_sampling_is_reproducible_and_greedy_ignores_the_seed(tiny_q8):
     assert complete(tiny_q8, prompt, greedy) == complete(tiny_q8, prompt, replace(greedy, seed=3))
 
 
-def test_a_request_longer_than_its_context_is_an_error_not_a_crash(tiny_q8):
+def test_a_request_longer_than_its_context_is_refused_not_a_crash(tiny_q8):
     engine = Engine(tiny_q8)
     try:
-        res = engine.generate("x " * 300, GenerationSettings(max_new_tokens=8192))
+        with pytest.raises(ContextOverflow, match="context of"):
+            engine.submit("x " * 300, GenerationSettings(max_new_tokens=8192))
         ok = engine.generate("Hello!", GenerationSettings(max_new_tokens=3, ignore_eos=True))
     finally:
         engine.close()
-    assert res.finish_reason == "error" and "context" in res.error
     assert ok.new_tokens == 3
+    with pytest.raises(Exception, match="context"):  # the runtime refuses too, outside any engine
+        complete(tiny_q8, tiny_q8.tokenize("x " * 300), GenerationSettings(max_new_tokens=8192))
 
 
 def test_a_closed_model_refuses_work(tiny_model_dir):

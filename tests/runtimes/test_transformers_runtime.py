@@ -93,3 +93,16 @@ def test_a_seed_makes_sampling_reproducible(tiny_model):
     prompt = tiny_model.encode_chat([{"role": "user", "content": "Hello!"}])
     settings = GenerationSettings(max_new_tokens=8, temperature=1.0, seed=3, ignore_eos=True)
     assert complete(tiny_model, prompt, settings) == complete(tiny_model, prompt, settings)
+
+
+def test_a_seeded_request_draws_from_its_own_generator_not_the_process_wide_one(tiny_model):
+    prompt = tiny_model.encode_chat([{"role": "user", "content": "Hello!"}])
+    settings = GenerationSettings(max_new_tokens=8, temperature=1.0, top_p=0.9, seed=3, ignore_eos=True)
+    torch.manual_seed(99)
+    before = torch.get_rng_state()
+    first = complete(tiny_model, prompt, settings)
+    assert torch.equal(torch.get_rng_state(), before)  # neither reset nor drawn from: other engines' draws stand
+    torch.manual_seed(5)
+    assert complete(tiny_model, prompt, settings) == first  # whatever the global state
+    assert len(first) == 8 and complete(tiny_model, prompt, GenerationSettings(
+        max_new_tokens=8, temperature=1.0, top_p=0.9, seed=4, ignore_eos=True)) != first

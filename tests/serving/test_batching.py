@@ -191,3 +191,26 @@ def test_embedded_model_batched_greedy_text_matches_alone(embedded_model):
     same = sum(agreement(a.token_ids, b.token_ids) * len(a.token_ids) for a, b in zip(alone, together))
     assert same / total >= 0.95
     assert "Paris" in together[0].text
+
+
+def test_a_failed_continuous_router_ends_its_requests_and_the_next_request_gets_a_fresh_batch(tiny_model_dir):
+    model = runtimes.build(Recipe(model=str(tiny_model_dir), device="cpu"))
+    problem = model.scheduler_problem("continuous")
+    if problem:
+        pytest.skip(problem)
+    engine = Engine(model, batch_size=2, scheduler="continuous")
+    try:
+        assert engine.generate(PROMPTS[0], SETTINGS).error is None
+        first = engine._continuous.batcher
+
+        def broken(timeout=None):
+            raise RuntimeError("router fault")
+
+        first.manager.get_result = broken
+        failed = engine.submit(PROMPTS[1], SETTINGS).result(timeout=60)
+        served = engine.submit(PROMPTS[1], SETTINGS).result(timeout=60)
+    finally:
+        engine.close()
+    assert failed.finish_reason == "error" and "router fault" in failed.error
+    assert served.error is None and served.new_tokens == SETTINGS.max_new_tokens
+    assert first.failed and engine._continuous.batcher is not first

@@ -51,7 +51,8 @@ class ContinuousListener(Protocol):
 class ContinuousBatcher(Protocol):
     """A running batch that requests join at every decode step."""
 
-    failed: str | None  # why the batch stopped serving (then every later ``add`` is refused), or None
+    failed: str | None  # why the batch stopped serving (its rows were ended with it; later ``add`` refused)
+    tokens_per_request: int  # the most prompt + answer tokens one row may take (its reserved KV cache)
 
     def add(self, row: Row) -> None:
         """Join the running batch; raises if the row cannot be served."""

@@ -12,10 +12,19 @@ import itertools
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 from transformers.generation.streamers import BaseStreamer
 
 from .. import devices
@@ -28,6 +37,7 @@ from .base import Backend, ContinuousListener, LoadedModel, OnToken, Row, Runtim
 NAME = "transformers"
 # The continuous scheduler's paged KV cache is allocated up front: room for this many tokens (prompt and answer)
 # per request of a full batch. Left to itself, transformers sizes it from free memory (GBs on a CPU machine).
+# Longer requests are served on their own by the static path (serving.continuous).
 CONTINUOUS_TOKENS_PER_REQUEST = 1024
 CONTINUOUS_PAGE_SIZE = 64
 
@@ -79,17 +89,19 @@ class TransformersModel(TokenizerText, LoadedModel):
         return 256
 
     def generate(self, rows: Sequence[Row], settings: GenerationSettings, on_token: OnToken) -> None:
-        if settings.seed is not None:
-            torch.manual_seed(settings.seed)
+        seeded = [] if settings.greedy or settings.seed is None else [_SeededDraw(settings, self.recipe.device)]
+        # A seeded request draws with its own generator; generate then only picks the one token it left.
+        config = self.generation_config(replace(settings, temperature=0.0) if seeded else settings)
         input_ids, attention_mask = self._left_padded([row.prompt_ids for row in rows])
         # inference_mode is a little faster; some quantized tensor types cannot live in it.
         with torch.inference_mode() if self.optimized.inference_mode else torch.no_grad():
             self.module.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
-                generation_config=self.generation_config(settings),
+                generation_config=config,
                 streamer=_Streamer(rows, on_token, self.recipe.device),
                 stopping_criteria=StoppingCriteriaList([_RowsDone(rows)]),
+                logits_processor=LogitsProcessorList(seeded),
             )
 
     def generation_config(self, settings: GenerationSettings) -> GenerationConfig:
@@ -162,6 +174,26 @@ class _Streamer(BaseStreamer):
         pass
 
 
+class _SeededDraw(LogitsProcessor):
+    """A seeded request's draws, from a generator of its own: the process-wide RNG, which every other engine
+    samples from, is never reset.
+
+    It applies the request's temperature and top-p, draws each row's token with its generator and leaves only
+    that token possible; generate runs greedy (after its own processors, such as min_new_tokens) and picks it.
+    """
+
+    def __init__(self, settings: GenerationSettings, device: str):
+        self.warpers = LogitsProcessorList([TemperatureLogitsWarper(float(settings.temperature))])
+        if settings.top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(float(settings.top_p)))
+        self.generator = torch.Generator(device=device).manual_seed(int(settings.seed))
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = self.warpers(input_ids, scores).float().softmax(-1)  # (B, V)
+        chosen = torch.multinomial(probs, 1, generator=self.generator)  # (B, 1)
+        return torch.full_like(scores, float("-inf")).scatter_(1, chosen, 0.0)
+
+
 class _RowsDone(StoppingCriteria):
     """Per row: done once it is not active (finished or stopped), so that one Stop never ends the others."""
 
@@ -205,6 +237,7 @@ class _ContinuousBatcher:
 
         self.listener = listener
         self.failed: str | None = None
+        self.tokens_per_request = CONTINUOUS_TOKENS_PER_REQUEST
         self.rows: dict[str, Row] = {}
         self.seen: dict[str, int] = {}  # tokens of each row delivered so far
         self.lock = threading.Lock()
@@ -224,6 +257,8 @@ class _ContinuousBatcher:
         self._router.start()
 
     def add(self, row: Row) -> None:
+        if self.failed:
+            raise RuntimeError(self.failed)
         rid = f"r{next(self._ids)}"
         with self.lock:
             self.rows[rid], self.seen[rid] = row, 0
@@ -232,27 +267,34 @@ class _ContinuousBatcher:
                                  streaming=True, record_timestamps=True, eos_token_id=eos)
 
     def _route(self) -> None:
-        while not self._stop.is_set():
-            self._cancel_stopped()
-            out = self.manager.get_result(timeout=self.POLL_S)
-            if out is None:
-                fatal = getattr(self.manager.background_thread_status, "fatal_error", None)
-                if fatal is not None:
-                    self.failed = f"continuous batching failed: {fatal}"
-                    self._fail_open(self.failed)
-                    return
-                continue
-            with self.lock:
-                row = self.rows.get(out.request_id)
-            if row is None or not row.open:
-                continue
-            self._deliver(out.request_id, row, out)
-            if out.error:
-                self._finish(out.request_id, row, f"continuous batching failed: {out.error}")
-            elif out.is_finished() or not row.open:
-                if not out.is_finished():
-                    self.manager.cancel_request(out.request_id)
-                self._finish(out.request_id, row, None)
+        try:
+            while not self._stop.is_set():
+                self._route_once()
+        except Exception as exc:  # rows must not wait on a router that has gone
+            self.failed = f"continuous batching failed: {type(exc).__name__}: {exc}"
+        if self.failed:
+            self._fail_open(self.failed)
+
+    def _route_once(self) -> None:
+        self._cancel_stopped()
+        out = self.manager.get_result(timeout=self.POLL_S)
+        if out is None:
+            fatal = getattr(self.manager.background_thread_status, "fatal_error", None)
+            if fatal is not None:
+                self.failed = f"continuous batching failed: {fatal}"
+                self._stop.set()
+            return
+        with self.lock:
+            row = self.rows.get(out.request_id)
+        if row is None or not row.open:
+            return
+        self._deliver(out.request_id, row, out)
+        if out.error:
+            self._finish(out.request_id, row, f"continuous batching failed: {out.error}")
+        elif out.is_finished() or not row.open:
+            if not out.is_finished():
+                self.manager.cancel_request(out.request_id)
+            self._finish(out.request_id, row, None)
 
     def _deliver(self, rid: str, row: Row, out) -> None:
         seen = self.seen.get(rid, 0)

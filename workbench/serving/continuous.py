@@ -1,8 +1,10 @@
 """The continuous scheduler: greedy requests join the runtime's running batch at once; sampled ones run alone.
 
 The runtime's continuous batcher applies one set of sampling settings to every request, so sampled requests
-are served by the static path, one at a time. The batcher is started with the first greedy request; if it
-cannot start (or fails), every request it would have served ends with that error.
+are served by the static path, one at a time, and so are greedy requests longer (prompt and answer) than the
+batcher reserves for one request. The batcher is started with the first greedy request; if it cannot start,
+that request ends with the error; if it fails, every request it was serving ends with it, and the next request
+starts a fresh batcher.
 """
 
 from __future__ import annotations
@@ -21,31 +23,43 @@ class ContinuousScheduler:
     def __init__(self, engine):
         self.engine = engine
         self.batcher = None
-        self.failed: str | None = None
         self.rows: set = set()  # rows handed to the batcher and not finished yet
         self.lock = threading.Lock()
 
     def serve(self, batch: list) -> None:
         for request in batch:
-            if not request.settings.greedy:
-                self.engine.run_batch([request])
-            else:
+            if request.settings.greedy:
                 self._add(request)
+            else:
+                self.engine.run_batch([request])
 
     def _add(self, request) -> None:
-        row = self.engine.new_row(request)
         try:
-            self.failed = self.failed or (self.batcher.failed if self.batcher is not None else None)
-            if self.failed:
-                raise RuntimeError(self.failed)
+            if self.batcher is not None and self.batcher.failed:
+                self._drop_batcher()  # it has ended its own rows with its error; a fresh one serves the next
             if self.batcher is None:
                 self.batcher = self.engine.model.continuous(self.engine.batch_size, self)
-            with self.lock:
-                self.rows.add(row)
+        except Exception as exc:
+            self.engine.finish(self.engine.new_row(request), f"continuous batching failed: {type(exc).__name__}: "
+                                                             f"{exc}")
+            return
+        if len(request.prompt_ids) + request.settings.max_new_tokens > self.batcher.tokens_per_request:
+            self.engine.run_batch([request])  # longer than a batch row's reserved KV cache: served on its own
+            return
+        row = self.engine.new_row(request)
+        with self.lock:
+            self.rows.add(row)
+        try:
             self.batcher.add(row)
         except Exception as exc:
-            self.failed = self.failed or f"{type(exc).__name__}: {exc}"
-            self.finished(row, f"continuous batching failed: {self.failed}")
+            self.finished(row, f"continuous batching failed: {type(exc).__name__}: {exc}")
+
+    def _drop_batcher(self) -> None:
+        batcher, self.batcher = self.batcher, None
+        try:
+            batcher.close(0)
+        except Exception:  # it has failed already; what matters is that its rows were ended
+            pass
 
     # ContinuousListener: called from the batcher's thread.
 

@@ -15,20 +15,40 @@ runtime offers it.
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
 
-from ..conversation import as_messages
+from ..conversation import as_messages, trim_to_fit
 from ..recipe import GenerationSettings, check_batch_size
 from ..runtimes.base import LoadedModel, answer_complete
 from .continuous import ContinuousScheduler
 from .options import DEFAULT_BATCH_WINDOW_S, check_scheduler
 from .results import GenerationResult, Recorder, TokenEvent
 
+log = logging.getLogger(__name__)
 _END = object()
+
+
+class ContextOverflow(ValueError):
+    """A prompt and its token budget do not fit the model's context window; the message says what to change."""
+
+    def __init__(self, prompt_tokens: int, max_new_tokens: int, context_length: int):
+        self.prompt_tokens, self.max_new_tokens, self.context_length = prompt_tokens, max_new_tokens, context_length
+        room = context_length - max_new_tokens
+        fix = (f"shorten the prompt to under {room:,} tokens or lower max new tokens" if room > 0 else
+               f"lower max new tokens below {context_length:,}")
+        super().__init__(f"the prompt is {prompt_tokens:,} tokens and max new tokens is {max_new_tokens:,}: together "
+                         f"more than the model's context of {context_length:,} tokens; {fix}")
+
+
+def check_context(prompt_tokens: int, settings: GenerationSettings, context_length: int | None) -> None:
+    """Raise ContextOverflow unless the prompt and its token budget fit ``context_length`` (None: unknown)."""
+    if context_length and prompt_tokens + settings.max_new_tokens > context_length:
+        raise ContextOverflow(prompt_tokens, settings.max_new_tokens, context_length)
 
 
 class Request:
@@ -132,7 +152,10 @@ class Engine:
         self.batches: list[int] = []  # the size of every generate call run so far (static scheduler)
         self._queue: queue.Queue = queue.Queue()
         self._closed = False
+        self._state = threading.Lock()  # orders submit's check-and-enqueue against close
+        self._in_hand: list[Request] = []  # requests the worker took from the queue and has not finished yet
         self._eos = model.eos_ids
+        self._context_length = model.context_length
         self._decode = model.decode
         self._continuous = ContinuousScheduler(self) if scheduler == "continuous" else None
         self._worker = threading.Thread(target=self._serve, name=f"engine-{self.recipe.key()}", daemon=True)
@@ -154,13 +177,27 @@ class Engine:
             origin: who asked ("chat", "cli", "bench", ...), stored with the request's history row.
             record: False keeps the request out of the history (warm-up runs).
         """
-        if self._closed:
-            raise RuntimeError("engine is closed")
-        request = Request(self.encode_chat(as_messages(messages)), settings or GenerationSettings(), self._decode,
-                          origin)
+        settings = settings or GenerationSettings()
+        prompt_ids = self.encode_chat(as_messages(messages))
+        check_context(len(prompt_ids), settings, self._context_length)
+        request = Request(prompt_ids, settings, self._decode, origin)
         request.record = record
-        self._queue.put(request)
+        with self._state:  # a close in between would leave the request behind the worker's stop marker
+            if self._closed:
+                raise RuntimeError("engine is closed")
+            self._queue.put(request)
         return request
+
+    def fit(self, messages: list[dict], settings: GenerationSettings) -> tuple[list[dict], int]:
+        """The conversation trimmed to the model's context: its latest turns that leave room for the answer.
+
+        Returns the turns to send (the system message kept) and how many earlier turns were left out; a
+        conversation whose last message alone is too long is returned whole, and ``submit`` refuses it.
+        """
+        if not self._context_length:
+            return messages, 0
+        budget = self._context_length - settings.max_new_tokens
+        return trim_to_fit(messages, lambda turns: len(self.encode_chat(turns)), budget)
 
     def generate(self, messages: list[dict] | str, settings: GenerationSettings | None = None,
                  origin: str = "cli") -> GenerationResult:
@@ -169,10 +206,12 @@ class Engine:
 
     def close(self) -> None:
         """Stop the worker after the requests already queued and let go of the model (its owner closes it)."""
-        if not self._closed:
+        with self._state:
+            if self._closed:
+                return
             self._closed = True
             self._queue.put(None)
-            self._worker.join(timeout=60)
+        self._worker.join(timeout=60)
 
     def _live(self) -> LoadedModel:
         model = self.model
@@ -183,21 +222,53 @@ class Engine:
     # Worker --------------------------------------------------------------------------------------------------
 
     def _serve(self) -> None:
+        error = "engine closed before this request ran"
+        try:
+            self._serve_queue()
+        except Exception as exc:  # a bug here must not leave anyone waiting
+            log.exception("the engine worker of %s failed", self.recipe.label())
+            error = f"the engine stopped: {type(exc).__name__}: {exc}"
+        finally:
+            with self._state:
+                self._closed = True  # from now on submit refuses, so the queue only drains
+            try:
+                if self._continuous is not None:
+                    self._continuous.close()
+            finally:
+                self._fail_queued(error)
+                self.model = None  # let the model be freed once its owner lets go too
+
+    def _serve_queue(self) -> None:
         while True:
             request = self._queue.get()
             if request is None:
-                break
+                return
+            self._in_hand = [request]
             batch, closing = self._collect(request)
+            self._in_hand = batch
             if self._continuous is not None:
                 self._continuous.serve(batch)
             else:
                 for group in _compatible_groups(batch):
                     self.run_batch(group)
+            self._in_hand = []
             if closing:
-                break
-        if self._continuous is not None:
-            self._continuous.close()
-        self.model = None  # let the model be freed once its owner lets go too
+                return
+
+    def _fail_queued(self, error: str) -> None:
+        """End every request still queued or in the worker's hands with ``error``: none is left waiting for a worker
+        that has gone."""
+        for request in self._in_hand:
+            if not request.done.is_set():
+                self.finish(self.new_row(request), error)
+        self._in_hand = []
+        while True:
+            try:
+                request = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if request is not None:
+                self.finish(self.new_row(request), error)
 
     def _collect(self, first: Request) -> tuple[list[Request], bool]:
         """The first request plus up to batch_size - 1 more: those waiting now, then those arriving in the window."""
