@@ -27,6 +27,22 @@ def navigation_pages(monkeypatch):
 
 
 @pytest.fixture
+def own_home(tmp_path, monkeypatch):
+    """A WORKBENCH_HOME of this test's own (cache, history), and models built afresh for it.
+
+    A model's slot outlives a test and records into the history of the home it was built under: the slots are
+    released before and after, so that neither this test nor a later one records into another's history.
+    """
+    from workbench.ui import shared
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("WORKBENCH_HOME", str(home))
+    shared.model_slot.clear()
+    yield home
+    shared.model_slot.clear()
+
+
+@pytest.fixture
 def app_url(tmp_path):
     """`streamlit run app.py` on a free localhost port, sharing this test session's WORKBENCH_HOME."""
     from workbench.response_cache.disk import ResponseCache

@@ -15,7 +15,7 @@ from ..formats import human_bytes, human_count
 from ..recipe import GenerationSettings
 from ..serving.engine import Engine, Request
 from . import changes, charts, chat, compare, draw, jobs, recipe_form, shared, state
-from .model_loading import POLL_S
+from .model_loading import POLL_S, model_slot
 
 PREFIXES = {"a": state.COMPARE_A, "b": state.COMPARE_B}
 NAMES = {"a": "A", "b": "B"}
@@ -44,7 +44,7 @@ def recipe_panes() -> dict[str, Engine | None]:
             with st.expander(f"Change recipe {NAMES[side]}", icon=":material/tune:"):
                 recipe, problem, trust = recipe_form.recipe_controls(PREFIXES[side])
             _save(PREFIXES[side])
-            slots[side] = None if recipe is None else shared.model_slot(recipe, trust)
+            slots[side] = None if recipe is None else model_slot(recipe, trust)
             boxes[side] = st.empty()
             if problem:  # also outside the expander, which may be closed
                 boxes[side].error(f"Recipe {NAMES[side]} cannot run here: {problem}", icon=":material/block:")

@@ -7,7 +7,7 @@ import streamlit as st
 from ..formats import human_bytes, human_count
 from ..recipe import Recipe
 from ..serving.engine import Engine
-from . import shared, state
+from . import recipe_form, shared, state
 
 POLL_S = 0.2  # how often a waiting script wakes to redraw progress (and to let Stop interrupt it)
 
@@ -38,7 +38,7 @@ def require_slots(*recipes: Recipe) -> list[shared.ModelSlot]:
     On a failed build, show its error and stop; the same for a model unloaded meanwhile to make room.
     """
     trust = state.remote_code_allowed()
-    slots = [shared.model_slot(recipe, trust) for recipe in dict.fromkeys(recipes)]
+    slots = [model_slot(recipe, trust) for recipe in dict.fromkeys(recipes)]
     _await_builds([slot for slot in slots if not slot.done])
     for slot in slots:
         if slot.error:
@@ -48,6 +48,20 @@ def require_slots(*recipes: Recipe) -> list[shared.ModelSlot]:
             st.warning("This model was just unloaded to make room for another recipe; reload the page to rebuild it.")
             st.stop()
     return slots
+
+
+def model_slot(recipe: Recipe, trust_remote_code: bool) -> shared.ModelSlot:
+    """The shared slot of a recipe whose model this server allows; else its reason as an error, and stop.
+
+    The recipe form refuses such a model already; this checks again where every page gets its model, whatever
+    drew the recipe, and grants remote code only where the server allows it.
+    """
+    access = state.access()
+    refusal = recipe_form.access_refusal(recipe.model, recipe.variant, access)
+    if refusal:
+        st.error(refusal, icon=":material/block:")
+        st.stop()
+    return shared.model_slot(recipe, trust_remote_code and access.remote_code)
 
 
 def _await_builds(slots: list[shared.ModelSlot]) -> None:

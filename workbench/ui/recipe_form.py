@@ -1,7 +1,8 @@
 """The recipe form: model, device, dtype and its backend, pruning, distilled variant and batch size.
 
 The sidebar draws it on every page (``recipe_sidebar``); the Compare page draws two more under their own key
-prefixes (``recipe_controls(prefix)``). A combination this machine cannot run is a message, never an exception.
+prefixes (``recipe_controls(prefix)``). A combination this machine cannot run is a message, never an exception; so
+is a model this server does not allow its visitors (``access_refusal``, see ``workbench.access``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import functools
 import streamlit as st
 
 from .. import catalog, devices, loading, runtimes
+from ..access import Access
 from ..formats import sentence
 from ..optimize import variants
 from ..recipe import EMBEDDED, FLOAT_DTYPES, MAX_PRUNE_RATIO, PRUNE_CRITERIA, PRUNE_METHODS, RUNTIMES, PruneSpec, Recipe
@@ -39,6 +41,8 @@ def recipe_sidebar() -> Recipe | None:
     """
     with st.sidebar:
         st.header("Recipe")
+        for problem in state.access().problems:
+            st.warning(problem, icon=":material/admin_panel_settings:")
         recipe, problem, trust = recipe_controls()
     st.session_state[state.RECIPE] = recipe
     st.session_state[state.RECIPE_ERROR] = problem
@@ -50,14 +54,17 @@ def recipe_controls(prefix: str = state.RECIPE_PREFIX) -> tuple[Recipe | None, s
     """Draw one set of recipe controls where the caller is; (recipe, None, trust) or (None, why, trust).
 
     Model and device, then quantization (dtype and the backend that runs it), pruning (method, ratio,
-    criterion) and the distilled variant; a combination this machine cannot run is shown as an error here.
+    criterion) and the distilled variant; a combination this machine cannot run, or a model this server does not
+    allow, is shown as an error here and no recipe is returned. ``trust`` is False unless the server allows
+    remote code and the box is ticked.
 
     Args:
         prefix: the widget keys' prefix: the sidebar's (``state.RECIPE_PREFIX``) or another, so that a page
             can draw several independent sets (see ``state.widget_key``).
     """
     key = functools.partial(state.widget_key, prefix=prefix)
-    model = _model_input(prefix)
+    access = state.access()
+    model = _model_input(prefix, access)
     runtime = _runtime_input(prefix)
     device = st.selectbox("Device", devices.available_devices(), key=key(state.DEVICE),
                           help="Only devices present on this machine are listed; auto picks the fastest.")
@@ -66,16 +73,15 @@ def recipe_controls(prefix: str = state.RECIPE_PREFIX) -> tuple[Recipe | None, s
     dtype = _dtype_input(runtime, prefix)
     backend = _backend_input(dtype, _concrete_device(device), prefix, runtime)
     prune = _prune_input(prefix)
-    variant = _variant_input(model, prefix)
+    variant = _variant_input(model, prefix, access)
     batch_size = batch_size_input(prefix)
     threads = _threads_input(prefix) if runtime == "llama.cpp" else 0
-    trust = False
-    if model and _is_hub_id(model):
-        trust = st.checkbox("Allow remote code (trust_remote_code)", key=key(state.TRUST_REMOTE_CODE),
-                            help="Some hub models ship their own Python code. Allow it only if you trust "
-                                 "the model's authors.")
-    recipe, problem = (None, None) if model is None else resolve_choice(model, device, dtype, backend, prune,
-                                                                         variant, batch_size, runtime, threads)
+    trust = _remote_code_input(prefix, access) if model and _source_kind(model) == "hub" else False
+    refusal = None if model is None else access_refusal(model, variant, access)
+    if model is None or refusal:
+        recipe, problem = None, refusal
+    else:
+        recipe, problem = resolve_choice(model, device, dtype, backend, prune, variant, batch_size, runtime, threads)
     if problem:
         st.error(problem, icon=":material/block:")
     return recipe, problem, trust
@@ -113,6 +119,24 @@ def seed_controls(recipe: Recipe, prefix: str, trust: bool = False, overwrite: b
     for name, value in values.items():
         if overwrite or name not in st.session_state:
             st.session_state[name] = value
+
+
+def access_refusal(model: str, variant: str, access: Access) -> str | None:
+    """Why this server does not let its visitors load this model or variant, or None (see ``workbench.access``).
+
+    A local directory or .gguf file (or anything that names a path) needs ``access.paths``; a hub id that is not in
+    the local Hugging Face cache, the model's own or a public distilled variant's, needs ``access.downloads``.
+    The embedded model and cached hub models are always allowed.
+    """
+    kind = "embedded" if model == EMBEDDED else _source_kind(model)
+    if kind in ("gguf", "dir", "path") and not access.paths:
+        return f"{model} is a local path. {access.why_off('paths')}"
+    hub_ids = [model] if kind == "hub" else []
+    hub_ids += [s.model for s in variants.public_students(model) if s.name == variant]
+    for hub_id in hub_ids:
+        if not access.downloads and not catalog.hub_cached(hub_id):
+            return f"{hub_id} is not in this server's Hugging Face cache. {access.why_off('downloads')}"
+    return None
 
 
 def resolve_choice(model: str, device: str, dtype: str, backend: str = "auto", prune: PruneSpec = PruneSpec(),
@@ -239,7 +263,7 @@ def _prune_input(prefix: str = state.RECIPE_PREFIX) -> PruneSpec:
     return PruneSpec(method, percent / 100, criterion)
 
 
-def _variant_input(model: str | None, prefix: str = state.RECIPE_PREFIX) -> str:
+def _variant_input(model: str | None, prefix: str, access: Access) -> str:
     variant_key = state.widget_key(state.VARIANT, prefix)
     options = {"none": "none"}
     public: set[str] = set()
@@ -257,25 +281,37 @@ def _variant_input(model: str | None, prefix: str = state.RECIPE_PREFIX) -> str:
     variant = st.selectbox("Distilled variant", list(options), key=variant_key, format_func=options.get,
                            help="A smaller student trained to imitate this model: a public distilled pair, or one "
                                 "made on the Build a student page.")
-    if variant in public:
+    if variant in public and access.downloads:  # else access_refusal says why it cannot be built
         st.warning(f"{variant} is not in the local Hugging Face cache: building it downloads it, which needs the "
                    "network.", icon=":material/cloud_download:")
     return variant
 
 
-def _model_input(prefix: str = state.RECIPE_PREFIX) -> str | None:
+def _model_input(prefix: str, access: Access) -> str | None:
     options = [EMBEDDED, *(m.model for m in catalog.HUB_MODELS), state.OTHER_MODEL]
     choice = st.selectbox("Model", options, key=state.widget_key(state.MODEL_CHOICE, prefix),
                           format_func=_model_option_label)
     if choice != state.OTHER_MODEL:
         return choice
-    typed = st.text_input("Hub id, model directory or .gguf file",
-                          key=state.widget_key(state.MODEL_OTHER, prefix),
-                          placeholder="org/name, /path/to/model or /path/to/file.gguf").strip()
+    label, placeholder, hint = (
+        ("Hub id, model directory or .gguf file", "org/name, /path/to/model or /path/to/file.gguf",
+         "Enter a Hugging Face hub id, a local model directory or a local .gguf file.") if access.paths else
+        ("Hub id", "org/name", "Enter a Hugging Face hub id (local paths are off on this server)."))
+    typed = st.text_input(label, key=state.widget_key(state.MODEL_OTHER, prefix), placeholder=placeholder).strip()
     if not typed:
-        st.info("Enter a Hugging Face hub id, a local model directory or a local .gguf file.")
+        st.info(hint)
         return None
     return typed
+
+
+def _remote_code_input(prefix: str, access: Access) -> bool:
+    """The "Allow remote code" checkbox of a hub model, where the server allows it; else a caption saying why not."""
+    if not access.remote_code:
+        st.caption(f":material/block: {access.why_off('remote_code')}")
+        return False
+    return st.checkbox("Allow remote code (trust_remote_code)", key=state.widget_key(state.TRUST_REMOTE_CODE, prefix),
+                       help="Some hub models ship their own Python code. Allow it only if you trust the model's "
+                            "authors.")
 
 
 def _model_option_label(model: str) -> str:
@@ -286,9 +322,10 @@ def _model_option_label(model: str) -> str:
     return model if catalog.hub_cached(model) else f"{model} (not downloaded)"
 
 
-def _is_hub_id(model: str) -> bool:
+def _source_kind(model: str) -> str:
+    """How loading resolves a model: "embedded", "gguf", "dir" or "hub"; "path" for a path that does not exist."""
     try:
-        return loading.resolve_source(model).kind == "hub"
+        return loading.resolve_source(model).kind
     except loading.ModelSourceError:
-        return False
+        return "path"
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import threading
+import uuid
 
 import streamlit as st
 
-from ..response_cache.keys import DEFAULT_THRESHOLD, CachePolicy
+from ..access import Access
+from ..response_cache.disk import ScopedPolicy
+from ..response_cache.keys import DEFAULT_THRESHOLD
 
 # Recipe sidebar widgets (rendered by app.py on every page, so their values persist across pages). Another set
 # of recipe controls uses the same names under its own prefix (see widget_key).
@@ -28,7 +31,7 @@ BATCH_SIZE = "recipe.batch_size"  # requests the model's worker runs together
 # What the sidebar resolved, read by pages: a Recipe (device resolved) or None when the input is invalid.
 RECIPE = "recipe.current"
 RECIPE_ERROR = "recipe.error"  # why the sidebar's choices cannot be built here, or None
-REMOTE_CODE_ALLOWED = "recipe.remote_code_allowed"  # the checkbox, counted only for hub ids
+REMOTE_CODE_ALLOWED = "recipe.remote_code_allowed"  # the checkbox, counted only for hub ids (and if allowed)
 
 # Chat page.
 MESSAGES = "chat.messages"  # list of message dicts, see chat.assistant_message
@@ -50,6 +53,7 @@ CACHE_TTL_MIN = "cache.ttl_minutes"  # 0 = kept until evicted
 CACHE_SIZE_MB = "cache.size_limit_mb"
 CACHE_CLEAR = "cache.clear"  # the Clear cache button
 CACHE_STATS_BOX = "cache.stats_box"  # this run's placeholder of the stats, redrawn after a reply
+CACHE_SESSION = "cache.session_id"  # this browser session's scope in the response cache (WORKBENCH_CACHE_SCOPE=session)
 
 # What changed page.
 MEASUREMENTS = "changes.measurements"  # recipe key -> the result of changes.measure_pair
@@ -142,17 +146,33 @@ def recipe_error() -> str | None:
     return st.session_state.get(RECIPE_ERROR)
 
 
+def access() -> Access:
+    """What this server allows its visitors (``workbench.access``): the environment, and where the app listens."""
+    return Access.from_env(st.get_option("server.address"))
+
+
 def remote_code_allowed() -> bool:
-    return bool(st.session_state.get(REMOTE_CODE_ALLOWED, False))
+    """Whether the sidebar's hub model may run its own code: ticked, and allowed on this server."""
+    return access().remote_code and bool(st.session_state.get(REMOTE_CODE_ALLOWED, False))
 
 
-def cache_policy():
-    """How this session's chat uses the response cache (the sidebar's choices; defaults before it draws)."""
+def cache_scope() -> str | None:
+    """This session's scope in the response cache: None when answers are shared (WORKBENCH_CACHE_SCOPE=shared),
+    else an id of this browser session's own (a new tab or a reload is a new session)."""
+    if access().cache_scope == "shared":
+        return None
+    return st.session_state.setdefault(CACHE_SESSION, uuid.uuid4().hex)
+
+
+def cache_policy() -> ScopedPolicy:
+    """How this session's chat uses the response cache (the sidebar's choices; defaults before it draws), under
+    this session's scope."""
     ttl_min = st.session_state.get(CACHE_TTL_MIN) or 0
-    return CachePolicy(
+    return ScopedPolicy(
         enabled=bool(st.session_state.get(CACHE_ENABLED, True)),
         semantic=bool(st.session_state.get(CACHE_SEMANTIC, False)),
         threshold=float(st.session_state.get(CACHE_THRESHOLD_KEPT, DEFAULT_THRESHOLD)),
         cache_sampled=bool(st.session_state.get(CACHE_SAMPLED, False)),
         ttl_s=ttl_min * 60 if ttl_min > 0 else None,
+        scope=cache_scope(),
     )
