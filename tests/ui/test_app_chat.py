@@ -188,3 +188,30 @@ def test_switching_dtype_rebuilds_the_model():
     (reply,) = assistant_replies(at)
     assert reply.markdown[0].value.strip()
     assert "bf16" in reply_caption(reply) and "TTFT" in reply_caption(reply)
+
+
+def test_a_message_longer_than_the_context_is_an_error_in_the_transcript_and_the_chat_goes_on(tiny_model_dir):
+    at = tiny_app(tiny_model_dir, **{state.MAX_NEW_TOKENS: 8}).run()
+    at.chat_input[0].set_value("why " * 600).run()  # the tiny model's context is 512 tokens
+    assert not at.exception
+    (refused,) = assistant_replies(at)
+    assert "Not sent" in refused.error[0].value and "context of 512" in refused.error[0].value
+    assert at.session_state[state.MESSAGES][0]["content"] == "why " * 600  # the user's text is kept
+    at.chat_input[0].set_value("hello there").run()
+    assert not at.exception
+    answered = assistant_replies(at)[-1]
+    assert not answered.error and "8 new tokens" in reply_caption(answered)
+
+
+def test_a_conversation_longer_than_the_context_leaves_out_its_oldest_turns_and_says_so(tiny_model_dir):
+    at = tiny_app(tiny_model_dir, **{state.MAX_NEW_TOKENS: 200}).run()
+    notices = []
+    for turn in range(6):
+        at.chat_input[0].set_value(f"turn {turn}: " + "tell me more about latency " * 12).run()
+        assert not at.exception
+        notices += [i.value for i in at.info if "left out of this turn's prompt" in i.value]
+        assert not assistant_replies(at)[-1].error
+        if notices:
+            break
+    assert notices, "six long turns never needed trimming"
+    assert len(at.session_state[state.MESSAGES]) == 2 * (turn + 1)  # the transcript keeps every turn

@@ -15,7 +15,7 @@ from ..observe.history import HistoryStore
 from ..recipe import GenerationSettings, RecipeError
 from ..response_cache.answers import CachedAnswers
 from ..response_cache.disk import CacheHit, responses_dir
-from ..serving.engine import Engine, Request
+from ..serving.engine import ContextOverflow, Engine, Request
 from ..serving.results import GenerationResult, TokenEvent
 from . import cache_panel, charts, draw, shared, state
 from .model_loading import POLL_S
@@ -144,9 +144,20 @@ def chat_turn(engine: Engine, prompt: str, settings: GenerationSettings, live_ch
         st.markdown(prompt)
     label = engine.recipe.label()
     messages = with_system_prompt(transcript, st.session_state.get(state.SYSTEM_PROMPT))
+    messages, dropped = engine.fit(messages, settings)
+    if dropped:
+        st.info(f"This conversation is longer than the model's context: its {dropped} oldest "
+                f"message{'' if dropped == 1 else 's'} {'was' if dropped == 1 else 'were'} left out of this turn's "
+                "prompt (the transcript keeps them). Clear chat to start afresh.", icon=":material/content_cut:")
     responses = shared.response_cache(str(responses_dir()))
     try:
         handle = CachedAnswers(responses, state.cache_policy()).ask(engine, messages, settings)
+    except ContextOverflow as exc:  # the message alone is too long: said in the transcript, the message kept
+        reply = {"role": "assistant", "content": "", "recipe_label": label, "error": f"Not sent: {exc}."}
+        transcript.append(reply)
+        with st.chat_message("assistant"):
+            reply_footer(reply)
+        return reply
     except RuntimeError as exc:  # the engine was closed by an eviction since this run looked it up
         st.error(f"The model is no longer loaded ({exc}); reload the page to rebuild it.")
         return None
