@@ -72,6 +72,8 @@ def test_semantic_toggle_without_the_embedding_model_says_how_to_install_it(tiny
 
 def test_chat_semantic_hit_names_the_matched_question_and_similarity(tiny_model_dir):
     at = tiny_app(tiny_model_dir, **{state.MAX_NEW_TOKENS: 5, state.CACHE_SEMANTIC: True}).run()
+    measured = [c.value for c in at.sidebar.caption if "question pairs at similarity 0.8" in c.value]
+    assert measured and "no false hits" in measured[0]  # the guard, measured at this threshold
     at.chat_input[0].set_value("How many legs does a spider have?").run()
     click(at, "Clear chat").run()
     at.chat_input[0].set_value("How many legs do spiders have?").run()

