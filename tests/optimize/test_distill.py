@@ -175,3 +175,32 @@ def test_a_corpus_cut_short_by_an_older_version_is_written_again(teacher_dir):
     corpus = json.loads((Path(out["path"]) / "corpus.json").read_text())
     assert len(corpus) > 2 and all(isinstance(seq, list) for seq in corpus)
 
+
+
+def test_one_seed_gives_one_student_and_the_process_rng_is_left_alone(teacher_dir):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    model, spec = str(teacher_dir), _spec(14)
+    key = student_key(model, student_name(model, spec))
+
+    def build() -> tuple[list, list, dict]:
+        out = distill(model, spec, steps=3, checkpoint_every=1)
+        path = Path(out["path"])
+        result = (json.loads((path / "corpus.json").read_text()),
+                  json.loads((path / "progress.json").read_text())["losses"], load_file(path / "model.safetensors"))
+        shutil.rmtree(path)  # the next run builds it again from nothing
+        shutil.rmtree(store.artifacts_dir() / f".{key}-work", ignore_errors=True)
+        return result
+
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    corpus, losses, weights = build()
+    assert torch.equal(torch.get_rng_state(), before)  # no draw from it, no reset of it
+    again_corpus, again_losses, again_weights = build()
+    assert again_corpus == corpus and again_losses == losses
+    assert weights.keys() == again_weights.keys() and all(torch.equal(weights[k], again_weights[k]) for k in weights)
+    # Sampled, not greedy: another seed writes another training text.
+    other = json.loads((Path(distill(model, _spec(15), steps=1)["path"]) / "corpus.json").read_text())
+    assert other != corpus

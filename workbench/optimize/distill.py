@@ -9,6 +9,10 @@ What a kill -9 at any moment leaves behind is usable: the training text (``corpu
 a checkpoint is written whole to ``checkpoint.new`` and swapped in (so a complete one always exists), and the
 finished student is swapped in over a shorter one in one step (readers see the old student or the new one). One
 process builds a given student at a time: a second one is told who is building it.
+
+Every random draw (the teacher's sampling of the training text, the order of the batches) comes from generators
+seeded from the spec's seed, never from the process-wide RNG: the same spec gives the same student, and engines
+sampling in this process at the same time are not disturbed (their seeded answers stay their own).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, GenerationConfig
+from transformers.generation.logits_process import LogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
 
 from .. import loading, store
 from ..conversation import encode_chat
@@ -99,7 +104,8 @@ def _train(model, spec: StudentSpec, steps: int, name: str, key: str, done: Path
     rng = random.Random(spec.seed + done_steps)
     t0 = time.perf_counter()
     first = done_steps
-    student.train()
+    # Left in eval mode, so without dropout: dropout draws from the process-wide RNG (see the module's docstring).
+    student.eval()
     for step in range(done_steps + 1, steps + 1):
         batch = rng.sample(corpus, min(spec.batch_size, len(corpus)))
         loss = _train_step(teacher, student, optimizer, _collate(batch, tokenizer, spec.seq_len), spec)
@@ -110,7 +116,6 @@ def _train(model, spec: StudentSpec, steps: int, name: str, key: str, done: Path
             _checkpoint(student, optimizer, step, losses, work)
             if stop and stop() and step < steps:
                 break
-    student.eval()
     final_steps = len(losses)
     path = _publish(model, name, key, student, tokenizer, spec, final_steps, losses, teacher, work,
                     time.perf_counter() - start)
@@ -143,11 +148,12 @@ def _corpus(teacher, tokenizer, spec: StudentSpec, work: Path) -> list[list[int]
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # Sampled (temperature 0.8, top-p 0.95) by a draw of its own; generate itself is greedy, so draws nothing.
     config = GenerationConfig(
-        max_new_tokens=spec.corpus_new_tokens, do_sample=True, temperature=0.8, top_p=0.95, top_k=0,
+        max_new_tokens=spec.corpus_new_tokens, do_sample=False, top_k=None, temperature=None, top_p=None,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=teacher.generation_config.eos_token_id,
     )
-    torch.manual_seed(spec.seed)
+    draw = _SeededDraw(spec.seed, temperature=0.8, top_p=0.95)
     sequences = []
     for _ in range(spec.samples_per_prompt):
         for i in range(0, len(prompts), 16):
@@ -156,7 +162,8 @@ def _corpus(teacher, tokenizer, spec: StudentSpec, work: Path) -> list[list[int]
             ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(c)) + c for c in chunk])
             mask = (torch.arange(width).unsqueeze(0) >= torch.tensor([width - len(c) for c in chunk]).unsqueeze(1)).long()
             with torch.no_grad():
-                out = teacher.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+                out = teacher.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                       logits_processor=[draw])
             for row, prompt in zip(out, chunk):
                 answer = row[width:].tolist()
                 while answer and answer[-1] == tokenizer.pad_token_id and tokenizer.pad_token_id != teacher.generation_config.eos_token_id:
@@ -170,6 +177,21 @@ def _corpus(teacher, tokenizer, spec: StudentSpec, work: Path) -> list[list[int]
             raise
         raise unable from None
     return sequences
+
+
+class _SeededDraw(LogitsProcessor):
+    """Temperature and top-p sampling from a generator of its own: it draws each row's token and leaves only that
+    token possible, so that greedy generate picks it without touching the process-wide RNG."""
+
+    def __init__(self, seed: int, temperature: float, top_p: float):
+        self.warpers = [TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)]
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        for warper in self.warpers:
+            scores = warper(input_ids, scores)
+        chosen = torch.multinomial(scores.float().softmax(-1), 1, generator=self.generator)  # (B, 1)
+        return torch.full_like(scores, float("-inf")).scatter_(1, chosen, 0.0)
 
 
 def _init_or_resume(teacher, tokenizer, spec: StudentSpec, work: Path, key: str, done: Path | None,

