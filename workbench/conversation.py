@@ -5,9 +5,24 @@ from __future__ import annotations
 from collections.abc import Callable
 
 
+class BadMessage(ValueError):
+    """A conversation a model cannot be asked: a turn that is not text, or text that is not valid Unicode."""
+
+
 def as_messages(messages: list[dict] | str) -> list[dict]:
-    """A conversation as a list of role/content dicts; a string is one user message."""
-    return [{"role": "user", "content": messages}] if isinstance(messages, str) else messages
+    """A conversation as a list of role/content dicts; a string is one user message. Raises BadMessage for a turn
+    whose content is not a string or holds a lone surrogate (undecodable bytes), which no tokenizer encodes."""
+    messages = [{"role": "user", "content": messages}] if isinstance(messages, str) else messages
+    for n, message in enumerate(messages, 1):
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, str):
+            raise BadMessage(f"message {n} has no text (content is {type(content).__name__})")
+        try:
+            content.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise BadMessage(f"message {n} is not valid UTF-8 text (character {exc.start + 1} is an undecodable "
+                             "byte)") from None
+    return messages
 
 
 def with_system_prompt(messages: list[dict], system_prompt: str | None) -> list[dict]:

@@ -9,6 +9,7 @@ import time
 import pytest
 from scripted import Scripted
 
+from workbench.conversation import BadMessage
 from workbench.recipe import GenerationSettings
 from workbench.serving.engine import ContextOverflow, Engine
 
@@ -192,5 +193,17 @@ def test_fit_drops_the_oldest_turns_keeps_the_system_message_and_says_how_many()
         assert dropped == len(turns) - len(kept) > 0
         assert len(engine.encode_chat(kept)) + 20 <= 40
         assert engine.fit(turns[:1] + turns[-1:], settings) == (turns[:1] + turns[-1:], 0)  # fits already
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("messages, why", [("hi \udcff there", "not valid UTF-8"),
+                                           ([{"role": "user", "content": None}], "has no text")])
+def test_a_message_that_is_not_text_is_refused_at_submit(messages, why):
+    engine = Engine(Scripted())
+    try:
+        with pytest.raises(BadMessage, match=why):
+            engine.submit(messages, GREEDY)
+        assert engine.generate("ab", GREEDY).new_tokens == 3
     finally:
         engine.close()

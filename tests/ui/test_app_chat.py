@@ -215,3 +215,13 @@ def test_a_conversation_longer_than_the_context_leaves_out_its_oldest_turns_and_
             break
     assert notices, "six long turns never needed trimming"
     assert len(at.session_state[state.MESSAGES]) == 2 * (turn + 1)  # the transcript keeps every turn
+
+
+def test_a_message_of_control_characters_nuls_and_emoji_is_answered(tiny_model_dir):
+    # A browser sends only valid UTF-8 (undecodable bytes are refused by the engine: tests/serving); anything valid
+    # is a message like another.
+    at = tiny_app(tiny_model_dir, **{state.MAX_NEW_TOKENS: 4}).run()
+    at.chat_input[0].set_value("\x00\x1b[31m\u202e 🚀 <script>alert(1)</script> {{ m }} %s").run()
+    assert not at.exception
+    (reply,) = assistant_replies(at)
+    assert not reply.error and "4 new tokens" in reply_caption(reply)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import streamlit as st
 
-from ..conversation import with_system_prompt
+from ..conversation import BadMessage, with_system_prompt
 from ..observe.history import HistoryStore
 from ..recipe import GenerationSettings, RecipeError
 from ..response_cache.answers import CachedAnswers
@@ -152,7 +152,7 @@ def chat_turn(engine: Engine, prompt: str, settings: GenerationSettings, live_ch
     responses = shared.response_cache(str(responses_dir()))
     try:
         handle = CachedAnswers(responses, state.cache_policy()).ask(engine, messages, settings)
-    except ContextOverflow as exc:  # the message alone is too long: said in the transcript, the message kept
+    except (ContextOverflow, BadMessage) as exc:  # said in the transcript, the message kept
         reply = {"role": "assistant", "content": "", "recipe_label": label, "error": f"Not sent: {exc}."}
         transcript.append(reply)
         with st.chat_message("assistant"):
