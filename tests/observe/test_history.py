@@ -78,6 +78,7 @@ def test_a_locked_history_drops_the_row_quietly_and_says_why(tmp_path):
     path = tmp_path / "metrics.sqlite"
     store = HistoryStore(path, busy_timeout_s=0.2)
     store.add(_record("a", 1000.0))
+    store.flush()  # written before the other process takes the lock
     other = sqlite3.connect(path)
     other.execute("BEGIN IMMEDIATE")  # another process holding the write lock
     other.execute("INSERT INTO requests (recipe_key, started_at) VALUES ('x', 1.0)")

@@ -62,9 +62,11 @@ def test_history_store_feeds_listeners_and_the_http_endpoint(tmp_path):
         store = HistoryStore(tmp_path / "m.sqlite")
         store.add(record("cccc3333", T0, 0.2, 0.05))
         store.add(record("cccc3333", T0 + 1, 0.3, 0.05))
+        store.flush()  # listeners are told on the history's writer thread
     finally:
         listeners.remove_listener(exporter.record)
     store.add(record("cccc3333", T0 + 2, 0.4, 0.05))  # after removal: not counted
+    store.flush()
     server = exporter.serve(0, "127.0.0.1")
     try:
         port = server.server_address[1]

@@ -34,7 +34,9 @@ def test_tensorboard_env_var_turns_it_on(tmp_path, monkeypatch):
     monkeypatch.setattr(listeners, "_env_listeners_added", False)
     before = list(listeners._listeners)
     try:
-        HistoryStore(tmp_path / "m.sqlite").add(record("hhhh8888", T0, 0.2, 0.05))
+        store = HistoryStore(tmp_path / "m.sqlite")
+        store.add(record("hhhh8888", T0, 0.2, 0.05))
+        store.flush()  # the writer thread adds the listener and writes the scalars
         added = [fn for fn in listeners._listeners if fn not in before]
         assert len(added) == 1
         assert list(logdir.glob("events.out.tfevents.*"))

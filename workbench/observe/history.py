@@ -5,6 +5,10 @@ The history never stops an answer: a file that is not a database (or a damaged o
 timeout, a full disk or a read-only folder lose that row, quietly. Either way ``HistoryStore.problem`` says what
 happened, for the app and the CLI to show. Rows more than ``WORKBENCH_HISTORY_DAYS`` days (default 30; 0 keeps
 them all) older than the newest are deleted when the history is opened and every ``PRUNE_EVERY`` rows written.
+
+Rows are written by the process's background writer (``writer.py``): ``add`` returns at once, off the request's
+clock. Within a process a reader sees its own writes: ``recent``, ``count``, ``after`` and ``problem`` first wait
+(``flush``) for the rows of the same file still queued, by any store of that file.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import logging
 import os
 import sqlite3
 import threading
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from .. import store
 from ..recipe import Recipe
+from . import writer
 from .listeners import notify
 from .records import RequestRecord, record_of
 
@@ -34,6 +39,7 @@ DEFAULT_DAYS = 30.0
 PRUNE_EVERY = 1000  # rows written between two retention passes
 BUSY_TIMEOUT_S = 5.0  # how long a write waits for another process's write lock before the row is dropped
 _DAMAGED = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)  # what moves a file aside (not: locked, full, read-only)
+READ_WAIT_S = 30.0  # how long a reader waits for this process's queued rows before it reads without them
 
 
 class HistoryStore:
@@ -47,14 +53,31 @@ class HistoryStore:
     def __init__(self, path: str | Path | None = None, busy_timeout_s: float = BUSY_TIMEOUT_S):
         self.path = Path(path) if path else store.home() / "metrics.sqlite"
         self.busy_timeout_s = busy_timeout_s
-        self.problem: str | None = None  # the last thing that went wrong, as one line to show
+        self._problem: str | None = None
         self.retention_days, why = retention_days()
+        self._key = os.path.realpath(self.path)  # every store of one file shares its queue position
         self._lock = threading.Lock()
         self._ready = False
         self._written = 0
+        self._dropped = 0
         if why:
-            self.problem = why
+            self._problem = why
         self._run(lambda db: None)  # creates the table and applies the retention
+
+    @property
+    def problem(self) -> str | None:
+        """The last thing that went wrong, as one line to show (after this process's queued rows are written)."""
+        self.flush(READ_WAIT_S)
+        return self._problem
+
+    @problem.setter
+    def problem(self, value: str | None) -> None:
+        self._problem = value
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the rows this process queued for this file (by any store) are written and their listeners
+        told; False when ``timeout`` seconds passed first."""
+        return writer.WRITER.flush(self._key, timeout)
 
     # -- the database
 
@@ -74,10 +97,11 @@ class HistoryStore:
         self.prune(db)
         self._ready = True
 
-    def _run(self, work, default=None):
+    def _run(self, work, default=None, rows: int = 1):
         """``work(db)`` in one transaction on a fresh connection, under this store's lock. A damaged file is
         moved aside and the work done again on a new one; any other database error (locked, disk full,
-        read-only) sets ``problem`` and returns ``default``: the history never fails a request."""
+        read-only) sets ``problem`` (``rows`` requests lost) and returns ``default``: the history never fails a
+        request."""
         with self._lock:
             for attempt in (1, 2):
                 try:
@@ -85,9 +109,9 @@ class HistoryStore:
                 except sqlite3.DatabaseError as exc:
                     if attempt == 1 and getattr(exc, "sqlite_errorcode", None) in _DAMAGED and self._set_aside(exc):
                         continue
-                    self._failed(exc)
+                    self._failed(exc, rows)
                 except OSError as exc:  # the folder itself cannot be made or read
-                    self._failed(exc)
+                    self._failed(exc, rows)
                 return default
 
     def _once(self, work):
@@ -111,39 +135,49 @@ class HistoryStore:
         except OSError:
             return False
         self._ready = False
-        self.problem = (f"The request history {self.path} could not be read ({exc}); it was moved to {aside.name} "
-                        "and a new, empty history started.")
-        log.warning(self.problem)
+        self._problem = (f"The request history {self.path} could not be read ({exc}); it was moved to {aside.name} "
+                         "and a new, empty history started.")
+        log.warning(self._problem)
         return True
 
-    def _failed(self, exc: Exception) -> None:
+    def _failed(self, exc: Exception, rows: int = 1) -> None:
         if getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-            why = (f"another process kept it locked for over {self.busy_timeout_s:g} s; that request was not "
+            lost = "that request was" if rows == 1 else f"those {rows} requests were"
+            why = (f"another process kept it locked for over {self.busy_timeout_s:g} s; {lost} not "
                    "recorded (it is recorded again once the other process lets go)")
         else:
             why = f"{exc}; requests are not recorded until it can be written (is the disk full or read-only?)"
-        self.problem = f"The request history {self.path} cannot be written: {why}"
-        log.warning(self.problem)
+        self._problem = f"The request history {self.path} cannot be written: {why}"
+        log.warning(self._problem)
 
     # -- writing
 
     def add(self, rec: RequestRecord) -> None:
-        """Keep one request; a history that cannot be written drops it and says so in ``problem``."""
-        row = asdict(rec)
-        row["tpot_s"] = rec.tpot_s
-        row["decode_tok_s"] = rec.decode_tok_s
-        row["token_times"] = json.dumps([round(t, 6) for t in rec.token_times])
-        names = ", ".join(row)
-        marks = ", ".join(f":{k}" for k in row)
+        """Queue one request for the background writer and return at once; a history that cannot be written (or
+        more than ``writer.MAX_PENDING`` rows waiting) drops it and says so in ``problem``."""
+        rec = replace(rec, token_times=list(rec.token_times))  # the caller may go on using its list
+        if not writer.WRITER.submit(self._key, self._write, rec):
+            self._dropped += 1
+            self._problem = (f"The request history {self.path} is not keeping up: {self._dropped} request(s) were "
+                             f"not recorded (over {writer.MAX_PENDING} waiting to be written)")
+            if self._dropped == 1 or self._dropped % 1000 == 0:
+                log.warning(self._problem)
+
+    def _write(self, recs: list[RequestRecord]) -> None:
+        """On the writer thread: insert the rows in one transaction, then tell the listeners, in order."""
+        rows = [_row(rec) for rec in recs]
+        names = ", ".join(rows[0])
+        marks = ", ".join(f":{k}" for k in rows[0])
 
         def insert(db: sqlite3.Connection) -> None:
-            db.execute(f"INSERT INTO requests ({names}) VALUES ({marks})", row)
-            self._written += 1
-            if self._written % PRUNE_EVERY == 0:
+            db.executemany(f"INSERT INTO requests ({names}) VALUES ({marks})", rows)
+            before, self._written = self._written, self._written + len(rows)
+            if before // PRUNE_EVERY != self._written // PRUNE_EVERY:
                 self.prune(db)
 
-        self._run(insert)
-        notify(rec)
+        self._run(insert, rows=len(rows))
+        for rec in recs:
+            notify(rec)
 
     def record(self, recipe: Recipe, result, origin: str, started_at: float) -> None:
         """Keep one finished request (``serving.GenerationResult``): the serving layer's ``Recorder``."""
@@ -180,6 +214,7 @@ class HistoryStore:
         return list(reversed(rows))
 
     def count(self) -> int:
+        self.flush(READ_WAIT_S)
         return self._run(lambda db: db.execute("SELECT COUNT(*) FROM requests").fetchone()[0], 0)
 
     def after(self, last_id: int = 0, limit: int = 10_000) -> list[dict]:
@@ -187,6 +222,8 @@ class HistoryStore:
         return self._rows("SELECT * FROM requests WHERE id > ? ORDER BY id LIMIT ?", (last_id, limit))
 
     def _rows(self, query: str, args: tuple) -> list[dict]:
+        self.flush(READ_WAIT_S)
+
         def read(db: sqlite3.Connection) -> list[dict]:
             db.row_factory = sqlite3.Row
             return [dict(r) for r in db.execute(query, args).fetchall()]
@@ -195,6 +232,14 @@ class HistoryStore:
         for r in out:
             r["token_times"] = json.loads(r["token_times"] or "[]")
         return out
+
+
+def _row(rec: RequestRecord) -> dict:
+    row = asdict(rec)
+    row["tpot_s"] = rec.tpot_s
+    row["decode_tok_s"] = rec.decode_tok_s
+    row["token_times"] = json.dumps([round(t, 6) for t in rec.token_times])
+    return row
 
 
 def retention_days() -> tuple[float, str | None]:

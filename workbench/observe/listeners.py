@@ -1,6 +1,8 @@
 """Listeners: every record any HistoryStore of this process writes also goes to them (exporters).
 
-Listeners switched on by environment variables (TensorBoard) are added on the first record of the process.
+They are called on the history's background writer thread, in the order the records were written, so a slow
+listener delays only later history rows, never a request. Listeners switched on by environment variables
+(TensorBoard) are added on the first record of the process.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ _env_listeners_added = False
 
 def add_listener(listener: Callable[[RequestRecord], None]) -> None:
     """Call ``listener(record)`` after every record written by any HistoryStore of this process (once per
-    listener, however often it is added). A listener that raises is logged and never loses the record."""
+    listener, however often it is added), on the writer thread. A listener that raises is logged and never loses
+    the record nor stops the next ones. ``HistoryStore.flush()`` waits until it has seen the rows queued so far."""
     with _listeners_lock:
         if listener not in _listeners:
             _listeners.append(listener)
