@@ -133,6 +133,7 @@ def history(path: str) -> dict:
     rows = HistoryStore(path)
     for i in range(1_000_000):
         rows.add(RequestRecord(f"k{i}", "label", 1_700_000_000.0 + i, 10, 3, 0.1, 0.3, 0.0, token_times=[0.1] * 3))
+        rows.flush()  # written by the history's background writer: finished once it is on disk
         print(i, flush=True)
     return {}
 

@@ -31,7 +31,9 @@ def test_a_read_only_home_serves_what_it_holds_and_says_what_it_cannot_write(mou
         disk.path.chmod(0o555)  # not root: permissions are enough
     monkeypatch.setenv("WORKBENCH_HOME", str(disk.path))
     _, _, weights = loading.load(str(tiny_gguf))
-    HistoryStore().add(row(0))
+    kept = HistoryStore()
+    kept.add(row(0))
+    kept.flush()  # on disk before the remount
     if disk.error is None:
         disk.remount("ro")
 

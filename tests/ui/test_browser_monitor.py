@@ -25,6 +25,7 @@ def monitor_server(tmp_path):
     store = HistoryStore(home / "metrics.sqlite")
     for r in seeded_records(start=time.time() - 120):
         store.add(r)
+    store.flush()  # on disk before the server, another process, reads it
     metrics_port = free_port()
     env = {**os.environ, "WORKBENCH_HOME": str(home), "WORKBENCH_METRICS_PORT": str(metrics_port)}
     with streamlit_server(tmp_path / "streamlit.log", env) as url:
@@ -46,6 +47,7 @@ def test_monitor_page_draws_its_charts_and_refreshes(monitor_server, artifacts_d
         expect(page.get_by_text(metrics_url)).to_be_visible()
         # A request recorded by another process shows up on the next live refresh (every 5 s by default).
         store.add(record("aaaa1111", time.time(), 0.3, 0.05))
+        store.flush()
         expect(page.get_by_test_id("stMetric").filter(has_text="Requests").first).to_contain_text(
             "87", timeout=60_000)
         page.wait_for_timeout(1500)  # let plotly finish drawing before the picture

@@ -327,7 +327,7 @@ class Engine:
         request = row.request
         result = self._result(request, row.ids, row.times, error, row.batch_size)
         if self.history is not None and request.record:
-            self._record(request, result)  # before done: whoever waits on result() finds the row stored
+            self._record(request, result)  # before done: queued for the history's writer, whose readers wait for it
         request._result = result
         request._events.put(_END)
         request.done.set()
