@@ -134,3 +134,119 @@ def test_a_damaged_model_directory_says_which_file_and_what_to_do(tmp_path):
         loading.load(str(model_dir))
     assert str(err.value).startswith(f"cannot load {model_dir}: a weights file is damaged (")
     assert str(err.value).endswith("copy or download it again") and (model_dir / "model.safetensors").exists()
+
+
+# The build lock: a slow step of one build holds up no other ---------------------------------------------------
+
+
+def _blocked(monkeypatch, name: str):
+    """Make ``loading.<name>`` wait for ``release`` (after setting ``started``) before doing its work."""
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+    real = getattr(loading, name)
+
+    def waiting(*args, **kwargs):
+        started.set()
+        assert release.wait(300), "never released"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loading, name, waiting)
+    return started, release
+
+
+def _in_thread(fn):
+    import threading
+
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_another_build_completes_while_a_gguf_file_is_being_dequantized(tiny_gguf, tiny_model_dir, monkeypatch):
+    started, release = _blocked(monkeypatch, "_dequantize")
+    slow, converted = _in_thread(lambda: loading.load(str(tiny_gguf)))
+    try:
+        assert started.wait(300) and slow.is_alive()
+        other, built = _in_thread(lambda: build(Recipe(model=str(tiny_model_dir), device="cpu")))
+        other.join(300)
+        assert not other.is_alive() and "error" not in built, built  # not waiting for the conversion
+        assert built["value"].stats.params > 0 and slow.is_alive()
+    finally:
+        release.set()
+        slow.join(300)
+    assert "error" not in converted, converted
+    model, _, weights = converted["value"]
+    assert store.artifact_ready(Path(weights).name)
+    assert {k: v.dtype for k, v in model.state_dict().items()} == {
+        k: torch.float32 for k in model.state_dict()}  # de-quantized: plain float weights
+
+
+def test_another_build_completes_while_a_hub_model_downloads(tiny_model_dir, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(loading, "_hub_reachable", lambda: True)
+    downloads = []
+
+    def download(repo_id, trust_remote_code):  # what snapshot_download returns: the model's local folder
+        downloads.append(repo_id)
+        return str(tiny_model_dir)
+
+    monkeypatch.setattr(loading, "_download", download)
+    started, release = _blocked(monkeypatch, "_download")
+    stages = []
+    slow, downloaded = _in_thread(lambda: loading.load("some-org/tiny", on_stage=lambda s, _: stages.append(s)))
+    try:
+        assert started.wait(300) and slow.is_alive()
+        other, loaded = _in_thread(lambda: loading.load(str(tiny_model_dir)))
+        other.join(300)
+        assert not other.is_alive() and "error" not in loaded, loaded
+        assert slow.is_alive()
+    finally:
+        release.set()
+        slow.join(300)
+    assert "error" not in downloaded, downloaded
+    assert downloaded["value"][2] == "some-org/tiny" and downloads == ["some-org/tiny"]
+    assert "Downloading some-org/tiny from the Hugging Face hub" in stages
+
+
+def test_a_hub_download_takes_what_a_causal_lm_needs_and_fails_in_one_line(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import huggingface_hub
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    calls = []
+
+    def snapshot_download(repo_id, allow_patterns):
+        calls.append(allow_patterns)
+        return str(tmp_path)  # no safetensors in it: the PyTorch weights are asked for next
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    assert loading._download("some-org/x", trust_remote_code=False) == str(tmp_path)
+    assert len(calls) == 2 and "*.safetensors" in calls[0] and "*.py" not in calls[0]
+    assert not any(p.endswith((".bin", ".onnx", ".h5", ".gguf")) for p in calls[0])
+    assert "pytorch_model*.bin" in calls[1]
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    calls.clear()
+    loading._download("some-org/x", trust_remote_code=True)
+    assert len(calls) == 1 and "*.py" in calls[0]
+
+    def missing(repo_id, allow_patterns):
+        raise RepositoryNotFoundError(
+            "404 Client Error. Repository Not Found for url: https://huggingface.co/api/models/some-org/x\n"
+            "Please make sure you specified the correct `repo_id`.",
+            response=SimpleNamespace(headers={}, request=None, status_code=404))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", missing)
+    with pytest.raises(ModelSourceError) as err:
+        loading._download("some-org/x", trust_remote_code=False)
+    assert str(err.value) == ("cannot download some-org/x from the Hugging Face hub: 404 Client Error. Repository "
+                              "Not Found for url: https://huggingface.co/api/models/some-org/x")

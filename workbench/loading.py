@@ -5,6 +5,9 @@ GGUF files are de-quantized by transformers on load, which is slow, so they are 
 safetensors in the artifact cache and loaded from there afterwards. One process converts a file at a time (the
 others wait and use its conversion); a conversion that cannot be read is damaged: it is moved aside and made
 again. A student built here that cannot be read is moved aside too, and the message says to build it again.
+
+Building a model object is serialized in this process (see ``_BUILD_LOCK``), and only that: a hub download and a
+GGUF file's de-quantization, the slow parts, run outside it, so one build never waits for another's.
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ class Source:
     location: str  # file, directory or repo id
 
 
-# Building a model swaps module-wide hooks for a moment (empty weights are created on the meta device by
-# patching nn.Module): two models built at once on two threads (A and B of a comparison) would catch each
-# other's meta tensors. One at a time.
+# Building a model object swaps process-wide state for a moment (the default dtype, patched torch functions, empty
+# weights on the meta device): two models built at once on two threads (A and B of a comparison) would catch each
+# other's. One at a time, held for that only: never for a download or a de-quantization (seconds to minutes).
 _BUILD_LOCK = threading.Lock()
 
 
@@ -189,23 +192,26 @@ def _is_conversion_of(key: str, model: str, fingerprint: dict) -> bool:
 
 
 def _convert(model: str, gguf: Path, key: str, fingerprint: dict, on_stage: OnStage) -> Path:
+    """De-quantize a GGUF file into float32 safetensors, under the artifact's build lock (one builder per file);
+    the process-wide ``_BUILD_LOCK`` is held only to build the model objects, not to read the tensors."""
     on_stage(f"Converting {gguf.name} to safetensors (once; later loads are fast)", 0.05)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        with _BUILD_LOCK, torch.device("meta"):  # no weights: the names the GGUF tensors are mapped to
+            skeleton = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        tensors = _dequantize(gguf, skeleton)
         with _BUILD_LOCK:
-            model_obj = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
+            model_obj = type(skeleton).from_pretrained(None, config=config, state_dict=tensors, dtype=torch.float32)
     except (ValueError, OSError, KeyError, RuntimeError, struct.error) as exc:
         damage = gguf_problem(gguf)
         if damage:
             raise ModelSourceError(f"{gguf} is not a complete GGUF file: {damage}; copy or download it again") from exc
         raise ModelSourceError(f"cannot convert {gguf.name}: {_first_line(exc)}") from exc
-    # The GGUF quantizer is attached on load, but the weights are already plain float:
-    # clear it so save_pretrained writes ordinary safetensors.
-    model_obj.hf_quantizer = None
-    if hasattr(model_obj.config, "quantization_config"):
-        del model_obj.config.quantization_config
+    del tensors
     on_stage("Writing safetensors", 0.5)
 
     def write(tmp: Path) -> None:
@@ -214,6 +220,15 @@ def _convert(model: str, gguf: Path, key: str, fingerprint: dict, on_stage: OnSt
 
     meta = {"recipe": Recipe(model=model, device="cpu", dtype="fp32").to_dict(), "source": fingerprint}
     return store.write_artifact(key, write, meta, replace=True, what=f"the conversion of {gguf.name}")
+
+
+def _dequantize(gguf: Path, skeleton) -> dict:
+    """The GGUF file's tensors in float32, named as ``skeleton``'s parameters (the slow part of a conversion)."""
+    import torch
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    return load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=skeleton,
+                                torch_dtype=torch.float32)["tensors"]
 
 
 def gguf_problem(path: Path) -> str | None:
@@ -234,9 +249,11 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def _from_pretrained(location: str, on_stage: OnStage, **kwargs):
+def _from_pretrained(location: str, on_stage: OnStage, *, name: str | None = None, **kwargs):
+    """Load a model directory (or a hub id in the local cache); ``name`` is what the messages call it."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    name = name or location
     kwargs.setdefault("trust_remote_code", False)  # explicit False: never an interactive prompt
     on_stage("Loading weights", 0.6)
     try:
@@ -246,16 +263,16 @@ def _from_pretrained(location: str, on_stage: OnStage, **kwargs):
         with _BUILD_LOCK:
             model_obj = AutoModelForCausalLM.from_pretrained(location, config=config, dtype="float32", **kwargs)
     except SafetensorError as exc:
-        raise ModelSourceError(f"cannot load {location}: a weights file is damaged ({_first_line(exc)}); "
+        raise ModelSourceError(f"cannot load {name}: a weights file is damaged ({_first_line(exc)}); "
                                "copy or download it again") from exc
     except (ValueError, OSError, KeyError) as exc:
         first_line = _first_line(exc)
         if "trust_remote_code" in str(exc) or "custom code" in str(exc):
             raise ModelSourceError(
-                f"{location} needs its own model code; tick 'Allow remote code' (--trust-remote-code) "
+                f"{name} needs its own model code; tick 'Allow remote code' (--trust-remote-code) "
                 "only if you trust its authors"
             ) from exc
-        raise ModelSourceError(f"cannot load {location}: {first_line}") from exc
+        raise ModelSourceError(f"cannot load {name}: {first_line}") from exc
     model_obj.eval()
     return model_obj, tokenizer
 
@@ -274,7 +291,28 @@ def _load_hub(repo_id: str, trust_remote_code: bool, on_stage: OnStage):
             "then set HF_HUB_OFFLINE=1 and load it again; or pass a local model directory or .gguf file."
         )
     on_stage(f"Downloading {repo_id} from the Hugging Face hub", 0.2)
-    return _from_pretrained(repo_id, on_stage, **kwargs)
+    folder = _download(repo_id, trust_remote_code)  # outside the build lock: other builds go on meanwhile
+    return _from_pretrained(folder, on_stage, name=repo_id, local_files_only=True, **kwargs)
+
+
+# What a causal LM needs from a hub repository: its config, tokenizer and chat template files, safetensors weights
+# (else PyTorch ones), and its own code when that is allowed; not the repository's ONNX, TF, Flax or GGUF copies.
+_HUB_FILES = ["*.json", "*.txt", "*.model", "*.jinja", "*.tiktoken", "*.safetensors"]
+_HUB_FALLBACK_WEIGHTS = ["pytorch_model*.bin"]
+
+
+def _download(repo_id: str, trust_remote_code: bool) -> str:
+    """Download a hub model's files into the Hugging Face cache; returns its local folder."""
+    from huggingface_hub import snapshot_download
+
+    patterns = _HUB_FILES + (["*.py"] if trust_remote_code else [])
+    try:
+        folder = snapshot_download(repo_id, allow_patterns=patterns)
+        if not any(Path(folder).glob("*.safetensors")):
+            folder = snapshot_download(repo_id, allow_patterns=patterns + _HUB_FALLBACK_WEIGHTS)
+    except (OSError, ValueError) as exc:  # huggingface_hub's errors (not found, gated, HTTP) are OSErrors
+        raise ModelSourceError(f"cannot download {repo_id} from the Hugging Face hub: {_first_line(exc)}") from None
+    return folder
 
 
 def _hub_reachable(timeout_s: float = 3.0) -> bool:
