@@ -171,6 +171,16 @@ def _in_thread(fn):
     return thread, out
 
 
+def test_a_gguf_file_the_fast_path_cannot_map_is_converted_by_from_pretrained_s_own_path(tiny_gguf, monkeypatch):
+    def unmapped(gguf, skeleton):
+        raise ValueError("GGUF model with architecture x is not supported yet")
+
+    monkeypatch.setattr(loading, "_dequantize", unmapped)
+    model, tokenizer, weights = loading.load(str(tiny_gguf))
+    assert store.artifact_ready(Path(weights).name) and tokenizer("Hello")["input_ids"]
+    assert all(v.dtype == torch.float32 for v in model.state_dict().values())
+
+
 def test_another_build_completes_while_a_gguf_file_is_being_dequantized(tiny_gguf, tiny_model_dir, monkeypatch):
     started, release = _blocked(monkeypatch, "_dequantize")
     slow, converted = _in_thread(lambda: loading.load(str(tiny_gguf)))

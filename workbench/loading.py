@@ -198,6 +198,7 @@ def _convert(model: str, gguf: Path, key: str, fingerprint: dict, on_stage: OnSt
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    failures = (ValueError, OSError, KeyError, RuntimeError, struct.error)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -206,12 +207,23 @@ def _convert(model: str, gguf: Path, key: str, fingerprint: dict, on_stage: OnSt
         tensors = _dequantize(gguf, skeleton)
         with _BUILD_LOCK:
             model_obj = type(skeleton).from_pretrained(None, config=config, state_dict=tensors, dtype=torch.float32)
-    except (ValueError, OSError, KeyError, RuntimeError, struct.error) as exc:
+        del tensors
+    except failures as exc:
         damage = gguf_problem(gguf)
         if damage:
             raise ModelSourceError(f"{gguf} is not a complete GGUF file: {damage}; copy or download it again") from exc
-        raise ModelSourceError(f"cannot convert {gguf.name}: {_first_line(exc)}") from exc
-    del tensors
+        try:  # an architecture only from_pretrained's own GGUF path maps: that path, under the lock
+            with _BUILD_LOCK:
+                tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+                model_obj = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                                 dtype=torch.float32)
+            # The GGUF quantizer is attached on load, but the weights are already plain float: clear it so that
+            # save_pretrained writes ordinary safetensors.
+            model_obj.hf_quantizer = None
+            if hasattr(model_obj.config, "quantization_config"):
+                del model_obj.config.quantization_config
+        except failures as again:
+            raise ModelSourceError(f"cannot convert {gguf.name}: {_first_line(again)}") from again
     on_stage("Writing safetensors", 0.5)
 
     def write(tmp: Path) -> None:
