@@ -17,18 +17,20 @@ import sqlite3
 import threading
 import time
 from dataclasses import asdict, replace
+from pathlib import Path
 
 from .. import bench, loading, quality, runtimes
 from ..observe.history import HistoryStore
 from ..observe.prometheus import HistoryFollower, PrometheusExporter
 from ..optimize import distill as distillation
-from ..optimize.variants import student_name
+from ..optimize.variants import student_key, student_name
 from ..recipe import (DEFAULT_STUDENT_STEPS, GenerationSettings, PruneSpec, Recipe, RecipeError, StudentSpec,
                       check_batch_size)
 from ..response_cache.answers import CachedAnswers, ReplayRequest
 from ..response_cache.disk import ResponseCache
 from ..response_cache.keys import DEFAULT_THRESHOLD, CachePolicy
 from ..serving.engine import Engine
+from ..store import artifact_path, artifacts_dir
 from ..serving.options import check_scheduler
 from . import output
 from .parser import (MODEL_SOURCES, PROG, STUDENT_FLAGS, Failed, UsageError, default, max_new_tokens_default,
@@ -93,12 +95,21 @@ def check_buildable(recipe: Recipe) -> Recipe:
 
 
 def history() -> HistoryStore | None:
-    """The request history, or None (with a warning) if it cannot be opened: answers matter more."""
+    """The request history, or None (with a warning) if it cannot be opened: answers matter more. A history
+    that opened with a problem (moved aside, locked, read-only) says so."""
     try:
-        return HistoryStore()
+        store = HistoryStore()
     except (OSError, sqlite3.Error) as exc:
         output.warn(f"request history not recorded: {exc}")
         return None
+    said_problem(store)
+    return store
+
+
+def said_problem(store: HistoryStore | None) -> None:
+    """Warn of the history's latest problem, once."""
+    if store is not None and store.problem:
+        output.warn_once(store.problem)
 
 
 # generate ---------------------------------------------------------------------------------------------------
@@ -122,13 +133,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
               else f"\n[{output.hit_line(result, hit)}]")
         return 0
     model = runtimes.build(recipe, trust_remote_code=args.trust_remote_code, on_stage=output.print_build_stage)
-    engine = Engine(model, history())
+    store = history()
+    engine = Engine(model, store)
     try:
         request = answers.ask(engine, messages, settings, "cli", lookup=False)
         result = output.answer(request, stream=not args.json)
     finally:
         engine.close()
         model.close()
+    said_problem(store)  # this answer's row may not have been written
     if result.error:
         raise Failed(f"generation failed: {result.error}")
     print(json.dumps(output.generate_report(model, settings, result), indent=2) if args.json
@@ -300,6 +313,14 @@ def cmd_distill(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         output.say(f"interrupted; {_resume_hint(args)} (from its last checkpoint)")
         return 130
+    except (TypeError, ValueError, IndexError, KeyError, RuntimeError) as exc:
+        damaged = damaged_corpora(student_key(recipe.model, name))
+        if not damaged:
+            raise
+        files = " and ".join(map(str, damaged))
+        raise Failed(f"{files} {'is not a training text' if len(damaged) == 1 else 'are not training texts'} the "
+                     f"workbench wrote ({type(exc).__name__} reading it); delete "
+                     f"{'it' if len(damaged) == 1 else 'them'} and run the same command again") from None
     stopped = result["steps"] < steps
     report = {**result, "requested_steps": steps, "stopped": stopped, "spec": asdict(spec),
               "student": None, "teacher": None, "variant_flag": f"--variant {result['name']}"}
@@ -312,6 +333,24 @@ def cmd_distill(args: argparse.Namespace) -> int:
         report["quality_settings"] = _quality_settings(args)
     print(json.dumps(report, indent=2) if args.json else output.distill_text(report))
     return 130 if interrupt.requested else 0
+
+
+def damaged_corpora(key: str) -> list[Path]:
+    """The student's training texts (``corpus.json``, in its work folder and in the student) that are not lists
+    of token-id lists: what makes a resumed distillation fail on a file a kill or an edit damaged."""
+    damaged = []
+    for path in (artifacts_dir() / f".{key}-work" / "corpus.json", artifact_path(key) / "corpus.json"):
+        try:
+            sequences = json.loads(path.read_text())
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError):
+            damaged.append(path)
+            continue
+        if not (isinstance(sequences, list) and sequences and all(
+                isinstance(s, list) and s and all(isinstance(t, int) and t >= 0 for t in s) for s in sequences)):
+            damaged.append(path)
+    return damaged
 
 
 def _quality_of_recipe(recipe: Recipe, who: str, args: argparse.Namespace) -> dict:
@@ -369,6 +408,7 @@ def cmd_metrics_server(args: argparse.Namespace) -> int:
         store = HistoryStore()
     except (OSError, sqlite3.Error) as exc:
         raise Failed(f"cannot open the request history: {exc}") from None
+    said_problem(store)
     exporter = PrometheusExporter()
     follower = HistoryFollower(store, exporter, from_start=not args.new_only)
     replayed = follower.poll()
@@ -382,13 +422,34 @@ def cmd_metrics_server(args: argparse.Namespace) -> int:
                f"new ones every {args.interval:g} s); Ctrl-C stops")
     stop = threading.Event()
     try:
-        follower.run(stop, args.interval)
+        follow(follower, stop, args.interval)
     except KeyboardInterrupt:
         output.say("metrics server stopped")
     finally:
         server.shutdown()
         server.server_close()
     return 0
+
+
+def follow(follower: HistoryFollower, stop: threading.Event, interval_s: float) -> None:
+    """Poll the history until ``stop``. Any failed read (not only the database's) is said once, until a read
+    works again, and the next poll tries again: the server never stops following."""
+    failing = None
+    while not stop.is_set():
+        try:
+            follower.poll()
+        except Exception as exc:
+            why = " ".join(f"{type(exc).__name__}: {exc}".split())
+            if why != failing:
+                output.warn(f"reading the request history {follower.store.path} failed ({why}); trying again "
+                            f"every {interval_s:g} s")
+                failing = why
+        else:
+            if failing is not None:
+                output.say("reading the request history works again")
+                failing = None
+            said_problem(follower.store)
+        stop.wait(interval_s)
 
 
 COMMANDS = {"generate": cmd_generate, "bench": cmd_bench, "eval": cmd_eval, "distill": cmd_distill,

@@ -5,19 +5,62 @@ Results go to stdout (pure JSON with ``--json``); progress and warnings go to st
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import time
+import traceback
+from contextlib import contextmanager
 from dataclasses import asdict
 
 from ..formats import duration, figure, human_count
 from ..recipe import Recipe
 from .parser import PROG
 
+DEBUG_ENV = "WORKBENCH_DEBUG"  # set to 1: an error's traceback is printed too, before its one line
+_shown: set[str] = set()  # warnings said once per command
+
 # Progress on stderr -------------------------------------------------------------------------------------------
 
 
 def warn(message: str) -> None:
-    print(f"{PROG}: warning: {message}", file=sys.stderr)
+    print(f"{PROG}: warning: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+
+def warn_once(message: str) -> None:
+    """``warn``, unless this command said it already (a problem the library logs and the command reports)."""
+    if message not in _shown:
+        _shown.add(message)
+        warn(message)
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "no", "false")
+
+
+class _LogLines(logging.Handler):
+    """The library's warnings as ``workbench: warning:`` lines, each once; the traceback only when debugging."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            warn_once(record.getMessage())
+            if record.exc_info and debugging():
+                traceback.print_exception(*record.exc_info, file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+@contextmanager
+def session():
+    """For one command: the library's log warnings go to stderr as one line each, and ``warn_once`` starts over."""
+    _shown.clear()
+    handler = _LogLines(logging.WARNING)
+    logger = logging.getLogger(__package__.rsplit(".", 1)[0])
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def say(message: str) -> None:
