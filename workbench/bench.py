@@ -192,6 +192,9 @@ def measure(model: LoadedModel, settings: GenerationSettings, runs: int, warmup:
             stop: Callable[[], bool] | None = None) -> dict:
     """Measure a built model through an engine of its own: a warm-up round first, then the measured round.
 
+    Nothing else may generate with ``model`` meanwhile: its figures would be skewed, and the continuous
+    scheduler switches the model's attention implementation while it runs (the app leases a shared model first).
+
     Args:
         model: the model to measure.
         settings: generation settings used for every run, as given.

@@ -41,3 +41,22 @@ def test_a_failing_job_keeps_one_line_and_stop_ends_work_without_a_hook():
     stopped = registry.start("endless", endless)
     stopped.stop()
     assert stopped.wait(10) and stopped.stopped and stopped.error is None
+
+
+def test_a_job_that_fails_on_the_disk_or_is_refused_keeps_just_the_message():
+    from workbench.store import StoreError
+
+    registry = jobs.JobRegistry()
+    message = "cannot write /ro/students: the folder is read-only; set WORKBENCH_HOME to a writable folder"
+
+    def full(job):
+        raise StoreError(message)
+
+    unloaded = "m · cpu · fp32 was unloaded to make room for another recipe; reload the page"
+
+    def refused(job):
+        raise jobs.JobRefused(unloaded)
+
+    disk, gone = registry.start("disk", full, title="Building"), registry.start("gone", refused, title="Measuring")
+    assert disk.wait(10) and disk.error == message
+    assert gone.wait(10) and gone.error == unloaded

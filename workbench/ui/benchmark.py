@@ -11,7 +11,7 @@ import streamlit as st
 from .. import bench
 from ..observe.history import HistoryStore
 from ..recipe import GenerationSettings, Recipe
-from . import charts, draw, jobs, shared, state
+from . import charts, draw, jobs, leases, shared, state
 
 REFRESH_S = 1.0  # how often a running sweep's progress is redrawn
 BATCH_CHOICES = (1, 2, 4, 8, 16, 32)
@@ -83,7 +83,9 @@ def sweep_controls(model, spec: SweepSpec | None, job: jobs.Job | None) -> jobs.
         st.rerun()  # redraw with the button disabled and the progress bar
     if spec is not None:
         note_col.caption(f"{spec.requests} requests of {spec.max_new_tokens} tokens in all ({WARMUP} warm-up per "
-                         "user excluded from the figures). Anything else running here slows every figure alike.")
+                         "user excluded from the figures). Anything else running here slows every figure alike. "
+                         "While it runs, the sweep has this model to itself: chat messages sent to it meanwhile "
+                         "are told it is busy, and a chat reply being written is finished first.")
     others = [j for j in shared.job_registry().running() if j.key != sweep_key(model.recipe)]
     if others:
         st.warning(f"{others[0].title} is running on this machine: figures measured now share the CPU with it.",
@@ -96,12 +98,18 @@ def start_sweep(registry: jobs.JobRegistry, model, spec: SweepSpec) -> jobs.Job:
 
     def work(job: jobs.Job) -> dict:
         settings = GenerationSettings(max_new_tokens=spec.max_new_tokens, ignore_eos=True)
-        try:
-            entries = bench.sweep([model.recipe], spec.batch_sizes, settings, spec.runs, WARMUP, job.on_step,
-                                  concurrency=spec.concurrency, schedulers=spec.schedulers, model=model,
-                                  history=HistoryStore(), stop=lambda: job.stopping)
-        except bench.BenchStopped:
-            raise jobs.JobStopped() from None
+
+        def waiting(text: str) -> None:
+            job.on_step(0, spec.requests, {"phase": "waiting", "text": text})
+
+        # The sweep's engines run on the model alone: no chat engine generates meanwhile (leases).
+        with leases.lease(model, job.title, "Benchmark", stop=lambda: job.stopping, on_wait=waiting) as own:
+            try:
+                entries = bench.sweep([own.recipe], spec.batch_sizes, settings, spec.runs, WARMUP, job.on_step,
+                                      concurrency=spec.concurrency, schedulers=spec.schedulers, model=own,
+                                      history=HistoryStore(), stop=lambda: job.stopping)
+            except bench.BenchStopped:
+                raise jobs.JobStopped() from None
         report = {"settings": {"max_new_tokens": spec.max_new_tokens, "ignore_eos": True}, "runs": spec.runs,
                   "warmup": WARMUP, "batch_sizes": list(spec.batch_sizes), "concurrency": spec.concurrency,
                   "schedulers": list(spec.schedulers), "label": replace(model.recipe, batch_size=1).label(),
@@ -119,7 +127,9 @@ def sweep_progress(job: jobs.Job) -> None:
         st.rerun()
     m = job.metrics
     text = f"Request {job.step}/{job.total or '…'} — {job.elapsed_s:.0f} s"
-    if m:
+    if m.get("phase") == "waiting":
+        text += f" · {m['text']}"
+    elif m:
         text += (f" · last: {m.get('phase')}, ran in a batch of {m.get('batch_size', 1)}, "
                  f"E2E {m.get('e2e_ms') or 0:.0f} ms")
     st.progress(job.fraction, text=text)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from .. import bench, quality
 from ..formats import human_bytes, human_count
 from ..recipe import GenerationSettings
+from . import leases
 from .jobs import Job
 
 RUNS = 3  # measured generations per model
@@ -33,8 +34,9 @@ def measure_pair(job: Job, model, baseline, quick: bool = False) -> dict:
     """Decode speed, TTFT, perplexity, QA accuracy and agreement of a recipe's model and of its baseline.
 
     Speed comes from ``bench.run_bench`` (warm-up excluded, exactly ``MAX_NEW_TOKENS`` per run), quality
-    from ``quality.evaluate``. Progress goes to ``job.on_step`` with ``phase`` "speed" or "quality";
-    Stop on the job ends the measurement at the next step.
+    from ``quality.evaluate``. Both models are leased for the whole measurement (``leases``): chat
+    requests to them are told they are busy meanwhile. Progress goes to ``job.on_step`` with ``phase``
+    "speed" or "quality"; Stop on the job ends the measurement at the next step (or its wait for the lease).
 
     Args:
         job: the job running this (progress and stop flag).
@@ -42,6 +44,15 @@ def measure_pair(job: Job, model, baseline, quick: bool = False) -> dict:
         baseline: the baseline's (may be ``model`` itself: measured once).
         quick: the first ``QUICK_QA`` questions and ``QUICK_PROMPTS`` prompts instead of all of them.
     """
+    def waiting(text: str) -> None:
+        job.on_step(0, 0, {"phase": "speed", "text": text})
+
+    with leases.lease_all([model, baseline], job.title, "What changed", stop=lambda: job.stopping,
+                          on_wait=waiting) as (own, own_baseline):
+        return _measure_pair(job, own, own_baseline, quick)
+
+
+def _measure_pair(job: Job, model, baseline, quick: bool) -> dict:
     load_before = _load()
     same = baseline is model or baseline.recipe == model.recipe
     models = {"recipe": model} if same else {"baseline": baseline, "recipe": model}

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..optimize import distill, variants
 from ..recipe import RecipeError
+from ..store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,10 @@ MAX_FINISHED = 16  # finished jobs kept so that pages can still show their resul
 
 class JobStopped(Exception):
     """Raised from a job's progress callback once Stop was asked for, by work that has no stop hook of its own."""
+
+
+class JobRefused(Exception):
+    """Raised by work that cannot run now (its model was unloaded, say); the message says why and what to do."""
 
 
 class Job:
@@ -100,7 +105,7 @@ class Job:
             self.stopped = self._stop.is_set()
         except JobStopped:
             self.stopped = True
-        except RecipeError as exc:  # the user's input: the message says what to do
+        except (RecipeError, StoreError, JobRefused) as exc:  # the input or the disk: the message says what to do
             self.error = str(exc)
         except Exception as exc:  # shown as one line; the log keeps the traceback
             log.exception("job %s failed", self.key)

@@ -3,7 +3,8 @@ response cache.
 
 A cached function may not write into Streamlit containers created outside it, so ``model_slot`` returns at
 once with a ``ModelSlot`` whose build runs on its own thread; pages poll the slot to draw progress.
-``ModelSlot`` itself never touches Streamlit.
+``ModelSlot`` itself never touches Streamlit. Its engine serves a ``leases.SharedModel``: a measurement leases
+the model from it and has it to itself (see ``leases``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from ..recipe import Recipe, RecipeError
 from ..response_cache.disk import ResponseCache
 from ..runtimes.base import LoadedModel
 from ..serving.engine import Engine
+from ..store import StoreError
 from .jobs import JobRegistry
+from .leases import SharedModel
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ class ModelSlot:
         self.finished: float | None = None
         self.error: str | None = None
         self.engine: Engine | None = None
+        self._shared: SharedModel | None = None
         self._history = history
         self._done = threading.Event()
         self._lock = threading.Lock()  # orders a release against the end of the build
@@ -68,22 +72,26 @@ class ModelSlot:
 
     @property
     def model(self) -> LoadedModel | None:
-        return self.engine.model if self.engine is not None else None
+        """The model as the pages get it: shared with the chat, measured only under a lease."""
+        return self._shared if self.engine is not None else None
+
+    @property
+    def busy(self) -> str | None:
+        """Who has the model to itself now (a measurement), or None: chat requests are refused meanwhile."""
+        return self._shared.busy if self._shared is not None else None
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the build ends (ready or failed) or the timeout passes; True if it ended."""
         return self._done.wait(timeout)
 
     def release(self) -> None:
-        """Close the engine and the model (now, or as soon as a build still running ends)."""
+        """Close the engine, then the model once no measurement holds it (now, or when a running build ends)."""
         with self._lock:
             self._released = True
             engine, self.engine = self.engine, None
         if engine is not None:
-            model = engine.model
             engine.close()
-            if model is not None:
-                model.close()
+            self._shared.close()
 
     def _on_stage(self, stage: str, fraction: float) -> None:
         self.stage, self.fraction = stage, min(max(float(fraction), 0.0), 1.0)
@@ -92,8 +100,9 @@ class ModelSlot:
         engine = model = None
         try:
             model = runtimes.build(self.recipe, trust_remote_code=self.trust_remote_code, on_stage=self._on_stage)
-            engine = Engine(model, self._history or HistoryStore())
-        except (ModelSourceError, RecipeError) as exc:  # the user's input: the message says what to do
+            self._shared = SharedModel(model)
+            engine = Engine(self._shared, self._history or HistoryStore())
+        except (ModelSourceError, RecipeError, StoreError) as exc:  # the input or the disk: the message says what to do
             self.error = str(exc)
         except Exception as exc:  # anything else is still shown as one line; the log keeps the traceback
             log.exception("building %s failed", self.recipe.label())

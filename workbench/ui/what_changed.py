@@ -86,7 +86,9 @@ def measurement(model, baseline) -> None:
         st.rerun()  # redraw with the button disabled and the progress bars
     st.caption(f"Both models: {changes.RUNS} runs of {changes.MAX_NEW_TOKENS} new tokens after a warm-up, then "
                "perplexity, QA accuracy and agreement with the baseline's greedy answers. A few minutes for the "
-               "embedded model on a laptop CPU; quick takes about a third of that.")
+               "embedded model on a laptop CPU; quick takes about a third of that. Meanwhile the measurement has "
+               "both models to itself: chat messages sent to them are told they are busy, and a chat reply being "
+               "written is finished first.")
     others = [j for j in registry.running("distill:") + registry.running("measure:") if j.key != measure_key(recipe)]
     if others:
         st.warning(f"{others[0].title} is running on this machine: speed measured now shares the CPU with it.",
