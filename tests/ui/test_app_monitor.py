@@ -3,6 +3,9 @@ app's exporter, and a clear warning when its port is taken."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import socket
 import time
 import urllib.request
@@ -11,9 +14,10 @@ from pathlib import Path
 import pytest
 from apps import APP
 from records import record, seeded_records
+from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
-from workbench.observe import listeners
+from workbench.observe import dashboard, listeners
 from workbench.observe.history import HistoryStore
 from workbench.ui import monitor, state
 
@@ -31,6 +35,7 @@ def seed_history(now: float) -> None:
     store = HistoryStore()
     for r in seeded_records(start=now - 120):
         store.add(r)
+    store.flush()  # rows are written on the history's writer thread
 
 
 def monitor_app(**session) -> AppTest:
@@ -66,6 +71,30 @@ def test_monitor_shows_charts_table_and_exports_for_a_seeded_history(home):
     assert len(at.get("download_button")) == 2
 
 
+def test_exports_are_built_when_clicked_not_at_every_refresh(home, monkeypatch):
+    seed_history(time.time())
+    built, deferred = [], {}
+    for name in ("rows_csv", "rows_json"):
+        real = getattr(dashboard, name)
+        monkeypatch.setattr(dashboard, name, lambda *a, _real=real, _name=name, **k: built.append(_name) or _real(*a, **k))
+    add_deferred = MediaFileManager.add_deferred
+
+    def keep(self, data, mimetype, coordinates, file_name=None, **kwargs):  # what a click on the button would run
+        deferred[file_name.rsplit(".", 1)[1]] = data
+        return add_deferred(self, data, mimetype, coordinates, file_name=file_name, **kwargs)
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", keep)
+    at = monitor_app()
+    at.run()  # what the live dashboard does every few seconds
+    assert not at.exception, at.exception
+    assert not built and all(b.proto.deferred_file_id for b in at.get("download_button"))
+    rows = list(csv.DictReader(io.StringIO(deferred["csv"]())))
+    assert built == ["rows_csv"] and len(rows) == 86 and {r["recipe_key"] for r in rows} == {"aaaa1111", "bbbb2222"}
+    exported = json.loads(deferred["json"]())
+    assert built == ["rows_csv", "rows_json"]
+    assert len(exported["requests"]) == 86 and exported["window"] == "Last 24 hours" and exported["exported_at"]
+
+
 def test_monitor_filters_by_recipe_origin_and_window(home):
     seed_history(time.time())
     at = monitor_app()
@@ -99,6 +128,30 @@ def test_monitor_with_an_empty_history_explains_what_to_do(home):
     assert len(at.get("plotly_chart")) == 0
 
 
+def test_a_damaged_history_is_moved_aside_and_the_page_says_so(home):
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state[state.MONITOR_LIVE] = False
+    at.run()
+    (home / "metrics.sqlite").unlink(missing_ok=True)
+    (home / "metrics.sqlite").write_bytes(b"this is not a database" * 100)  # damaged after the app opened it
+    at.switch_page(PAGE).run()
+    assert not at.exception, at.exception
+    (warning,) = [w.value for w in at.warning if "request history" in w.value]
+    assert "could not be read" in warning and "moved to metrics.sqlite.damaged-" in warning
+    assert any("No requests recorded yet" in i.value for i in at.info)
+    assert list(home.glob("metrics.sqlite.damaged-*"))
+
+
+def test_a_history_problem_shows_once_beside_the_dashboard(home, monkeypatch):
+    seed_history(time.time())
+    monkeypatch.setenv("WORKBENCH_HISTORY_DAYS", "forever")
+    at = monitor_app()
+    assert not at.exception, at.exception
+    warnings = [w.value for w in at.warning if "WORKBENCH_HISTORY_DAYS" in w.value]
+    assert len(warnings) == 1 and "is not a number of days" in warnings[0]
+    assert {m.label: m.value for m in at.metric}["Requests"] == "86"
+
+
 def test_the_app_serves_prometheus_metrics_of_new_requests(home):
     monitor.metrics_exporter.clear()
     try:
@@ -106,7 +159,9 @@ def test_the_app_serves_prometheus_metrics_of_new_requests(home):
         handle = monitor.metrics_exporter()
         assert handle.url and handle.url.startswith("http://127.0.0.1:")
         assert any(handle.url in c.value for c in at.caption)
-        HistoryStore().add(record("iiii9999", time.time(), 0.2, 0.05))
+        store = HistoryStore()
+        store.add(record("iiii9999", time.time(), 0.2, 0.05))
+        store.flush()  # listeners are told on the history's writer thread
         with urllib.request.urlopen(handle.url, timeout=10) as response:
             body = response.read().decode()
         assert 'workbench_ttft_seconds_count{label="recipe iiii9999",recipe="iiii9999"} 1.0' in body

@@ -86,13 +86,21 @@ def exporter_status() -> None:
         st.caption(f"The Prometheus exporter is off ({prometheus.METRICS_PORT_ENV}=off).")
 
 
-def history_rows(since: float | None = None) -> list[dict] | None:
-    """The newest recorded requests (oldest first), or None with an error shown when the history is unreadable."""
+def history_rows(since: float | None = None, *, warn: bool = False) -> list[dict] | None:
+    """The newest recorded requests (oldest first), or None with an error shown when the history is unreadable.
+
+    What went wrong with the history (``HistoryStore.problem``: a damaged file moved aside, rows not written) is
+    a warning: shown when ``warn`` (the dashboard) or when no row came back (the page stops there).
+    """
     try:
-        return HistoryStore().recent(limit=MAX_ROWS, since=since)
+        history = HistoryStore()
+        rows = history.recent(limit=MAX_ROWS, since=since)
     except (OSError, sqlite3.Error) as exc:
         st.error(f"The request history cannot be read: {exc}", icon=":material/error:")
         return None
+    if history.problem and (warn or not rows):
+        st.warning(history.problem, icon=":material/warning:")
+    return rows
 
 
 def empty_history() -> None:
@@ -136,7 +144,7 @@ def dashboard(f: Filters) -> None:
 def _dashboard(f: Filters) -> None:
     window_s = WINDOWS[f.window]
     since = time.time() - window_s if window_s else None
-    rows = history_rows(since)
+    rows = history_rows(since, warn=True)
     if rows is None:
         return
     rows = queries.filter_rows(rows, f.recipe_keys or None, None, f.origins or None)
@@ -190,11 +198,16 @@ def _tables(rows: list[dict]) -> None:
 
 
 def _exports(rows: list[dict], f: Filters) -> None:
+    """CSV and JSON of the rows shown, built only when a user clicks (the dashboard redraws every few seconds)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     csv_col, json_col, _ = st.columns([1, 1, 3])
-    csv_col.download_button("Export CSV", queries.rows_csv(rows), f"workbench-requests-{stamp}.csv", "text/csv",
-                            icon=":material/download:", key="monitor-csv", on_click="ignore")
-    payload = queries.rows_json(rows, exported_at=time.time(), window=f.window, recipes=list(f.recipe_keys),
-                                origins=list(f.origins))
-    json_col.download_button("Export JSON", payload, f"workbench-requests-{stamp}.json", "application/json",
-                             icon=":material/download:", key="monitor-json", on_click="ignore")
+    csv_col.download_button("Export CSV", lambda: queries.rows_csv(rows), f"workbench-requests-{stamp}.csv",
+                            "text/csv", icon=":material/download:", key="monitor-csv", on_click="ignore")
+    json_col.download_button("Export JSON", lambda: export_json(rows, f), f"workbench-requests-{stamp}.json",
+                             "application/json", icon=":material/download:", key="monitor-json", on_click="ignore")
+
+
+def export_json(rows: list[dict], f: Filters) -> str:
+    """The rows as JSON, with when they were exported and the filters that chose them."""
+    return queries.rows_json(rows, exported_at=time.time(), window=f.window, recipes=list(f.recipe_keys),
+                             origins=list(f.origins))
