@@ -187,3 +187,24 @@ def test_grafana_dashboard_and_scrape_config_are_valid():
     scrape = yaml.safe_load((ROOT / "assets" / "grafana" / "prometheus.yml").read_text())
     targets = scrape["scrape_configs"][0]["static_configs"][0]["targets"]
     assert "127.0.0.1:9464" in targets
+
+
+def test_a_damaged_row_is_skipped_and_the_follower_goes_on(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "m.sqlite"
+    store = HistoryStore(path)
+    for i in range(3):
+        store.add(record("eeee5555", T0 + i, 0.2, 0.05))
+    store.flush()
+    with sqlite3.connect(path) as db:  # edited by hand: times that are not a list, figures that are not numbers
+        db.execute("UPDATE requests SET token_times = '{' WHERE id = 1")
+        db.execute("UPDATE requests SET recipe_label = NULL, ttft_s = 'x', new_tokens = 'many' WHERE id = 2")
+    assert [r["token_times"] for r in store.after(0)][0] == []  # the unreadable times alone are left out
+    exporter = PrometheusExporter(process_metrics=False)
+    follower = HistoryFollower(store, exporter)
+    assert follower.poll() == 3 and follower.last_id == 3
+    store.add(record("eeee5555", T0 + 3, 0.2, 0.05))
+    assert follower.poll() == 1
+    assert sample(exporter, "workbench_requests_total", recipe="eeee5555", label="recipe eeee5555", cache="miss",
+                  origin="chat") >= 3  # the row without its times counts; the one that is not numbers may not

@@ -197,7 +197,7 @@ def test_a_message_longer_than_the_context_is_an_error_in_the_transcript_and_the
     (refused,) = assistant_replies(at)
     assert "Not sent" in refused.error[0].value and "context of 512" in refused.error[0].value
     assert at.session_state[state.MESSAGES][0]["content"] == "why " * 600  # the user's text is kept
-    at.chat_input[0].set_value("hello there").run()
+    at.chat_input[0].set_value("after a refused message").run()  # asked nowhere else: the model answers
     assert not at.exception
     answered = assistant_replies(at)[-1]
     assert not answered.error and "8 new tokens" in reply_caption(answered)

@@ -230,8 +230,21 @@ class HistoryStore:
 
         out = self._run(read, [])
         for r in out:
-            r["token_times"] = json.loads(r["token_times"] or "[]")
+            r["token_times"] = _token_times(r)
         return out
+
+
+def _token_times(row: dict) -> list[float]:
+    """A row's per-token times; a value that is not a JSON list (written by hand, damaged) is none, with a warning,
+    so that one bad row never hides the rows after it."""
+    try:
+        times = json.loads(row["token_times"] or "[]")
+        if isinstance(times, list):
+            return times
+    except (ValueError, TypeError):
+        pass
+    log.warning("request %s in the history has unreadable token times; shown without them", row.get("id"))
+    return []
 
 
 def _row(rec: RequestRecord) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sqlite3
 import threading
 
 from prometheus_client import (CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest,
@@ -140,7 +139,10 @@ class HistoryFollower:
         count = 0
         while rows := self.store.after(self.last_id):
             for row in rows:
-                self.exporter.record(record_from_row(row))
+                try:
+                    self.exporter.record(record_from_row(row))
+                except Exception as exc:  # one unreadable row is skipped, never read again and again
+                    log.warning("request %s in the history cannot be exported: %s", row.get("id"), exc)
                 self.last_id = row["id"]
             count += len(rows)
         return count
@@ -150,7 +152,7 @@ class HistoryFollower:
         while not stop.is_set():
             try:
                 self.poll()
-            except sqlite3.Error as exc:
+            except Exception as exc:  # whatever it was, the next poll tries again
                 log.warning("reading the request history failed: %s", exc)
             stop.wait(interval_s)
 

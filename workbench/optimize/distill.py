@@ -136,14 +136,25 @@ def _work_dir(key: str) -> Path:
     return work
 
 
+def _is_corpus(value) -> bool:
+    """Whether a corpus file's JSON is what ``_corpus`` writes: a non-empty list of non-empty token id lists."""
+    return (isinstance(value, list) and bool(value) and all(
+        isinstance(seq, list) and seq and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in seq)
+        for seq in value))
+
+
 def _corpus(teacher, tokenizer, spec: StudentSpec, work: Path) -> list[list[int]]:
     """Teacher-written answers to the project's prompts (chat-formatted token ids), cached in the work dir."""
     path = work / "corpus.json"
     if path.is_file():
         try:
-            return json.loads(path.read_text())
+            sequences = json.loads(path.read_text())
         except ValueError:  # cut short by an older version's in-place write: written again
             log.warning("%s is not complete JSON; the teacher writes the training text again", path)
+        else:
+            if _is_corpus(sequences):
+                return sequences
+            log.warning("%s does not hold token sequences; the teacher writes the training text again", path)
     prompts = [p.strip() for p in PROMPTS.read_text().splitlines() if p.strip()]
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
