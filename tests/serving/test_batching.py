@@ -214,3 +214,26 @@ def test_a_failed_continuous_router_ends_its_requests_and_the_next_request_gets_
     assert failed.finish_reason == "error" and "router fault" in failed.error
     assert served.error is None and served.new_tokens == SETTINGS.max_new_tokens
     assert first.failed and engine._continuous.batcher is not first
+
+
+def test_closing_a_continuous_batch_gives_the_model_its_own_attention_back_even_when_the_stop_fails(tiny_model_dir):
+    model = runtimes.build(Recipe(model=str(tiny_model_dir), device="cpu"))
+    problem = model.scheduler_problem("continuous")
+    if problem:
+        pytest.skip(problem)
+    model.module.set_attn_implementation("eager")
+    engine = Engine(model, batch_size=2, scheduler="continuous")
+    try:
+        assert engine.generate(PROMPTS[0], SETTINGS).error is None
+        manager = engine._continuous.batcher.manager
+        real_stop = manager.stop
+
+        def failing_stop(*args, **kwargs):
+            real_stop(*args, **kwargs)
+            model.module.config._attn_implementation = "paged|eager"  # as if the switch back never happened
+            raise RuntimeError("stop failed")
+
+        manager.stop = failing_stop
+    finally:
+        engine.close()
+    assert model.module.config._attn_implementation == "eager"

@@ -9,6 +9,7 @@ cache that requests join at every decode step).
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ from ..progress import OnStage
 from ..recipe import FLOAT_DTYPES, TRANSFORMERS_DTYPES, GenerationSettings, Recipe, RecipeError
 from .base import Backend, ContinuousListener, LoadedModel, OnToken, Row, Runtime, TokenizerText
 
+log = logging.getLogger(__name__)
 NAME = "transformers"
 # The continuous scheduler's paged KV cache is allocated up front: room for this many tokens (prompt and answer)
 # per request of a full batch. Left to itself, transformers sizes it from free memory (GBs on a CPU machine).
@@ -250,6 +252,9 @@ class _ContinuousBatcher:
             max_requests_per_batch=max_requests, page_size=CONTINUOUS_PAGE_SIZE,
             num_blocks=-(-tokens // CONTINUOUS_PAGE_SIZE), max_batch_tokens=max(256, 32 * max_requests),
         )
+        # The manager switches the model to a paged attention while it runs; close gives the original back.
+        self._module = model.module
+        self._attention = getattr(model.module.config, "_attn_implementation", None)
         self.manager = model.module.init_continuous_batching(generation_config=config,
                                                              continuous_batching_config=cb_config)
         self.manager.start()
@@ -338,7 +343,19 @@ class _ContinuousBatcher:
             self.manager.destroy() if hasattr(self.manager, "destroy") else None
         except Exception:
             pass
+        finally:
+            self._restore_attention()
         self._fail_open("engine closed")
+
+    def _restore_attention(self) -> None:
+        """The model's own attention implementation again, even when the manager failed to stop cleanly."""
+        current = getattr(self._module.config, "_attn_implementation", None)
+        if self._attention is not None and current != self._attention:
+            try:
+                self._module.set_attn_implementation(self._attention)
+            except Exception as exc:  # the model still answers; say why its attention differs
+                log.warning("could not give the model back its %s attention (it has %s): %s", self._attention,
+                            current, exc)
 
 
 # -- the registry entry --------------------------------------------------------------------------------------
