@@ -64,6 +64,7 @@ def test_damage_found_while_reading_sets_the_file_aside_too(tmp_path):
     store = HistoryStore(path)
     for i in range(300):
         store.add(_record("a", 1000.0 + i))
+    store.flush()  # on disk before it is damaged
     data = bytearray(path.read_bytes())
     data[4096:] = b"\xff" * (len(data) - 4096)  # every page after the first overwritten
     path.write_bytes(bytes(data))
@@ -118,3 +119,13 @@ def test_recent_reads_through_the_time_index_without_sorting_the_history(tmp_pat
             f"EXPLAIN QUERY PLAN SELECT * FROM requests {clause} ORDER BY started_at DESC, id DESC LIMIT 10"))
         assert "USING INDEX requests_time" in plan and "TEMP B-TREE" not in plan, plan
     db.close()
+
+
+def test_a_problem_met_by_one_store_is_told_by_every_store_of_the_file(tmp_path):
+    path = tmp_path / "metrics.sqlite"
+    first = HistoryStore(path)
+    path.write_bytes(b"not a database " * 100)  # damaged after the first store opened it
+    first.count()
+    assert "was moved to" in first.problem
+    assert HistoryStore(path).problem == first.problem  # a page that opens its own store learns it too
+    assert HistoryStore(tmp_path / "other.sqlite").problem is None

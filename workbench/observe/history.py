@@ -29,6 +29,7 @@ from .records import RequestRecord, record_of
 
 log = logging.getLogger(__name__)
 
+_PROBLEMS: dict[str, str | None] = {}  # the last problem of each history file in this process, by real path
 _COLUMNS = (
     "recipe_key TEXT NOT NULL, recipe_label TEXT, started_at REAL NOT NULL, prompt_tokens INTEGER, "
     "new_tokens INTEGER, ttft_s REAL, tpot_s REAL, e2e_s REAL, decode_tok_s REAL, queue_s REAL, "
@@ -53,9 +54,8 @@ class HistoryStore:
     def __init__(self, path: str | Path | None = None, busy_timeout_s: float = BUSY_TIMEOUT_S):
         self.path = Path(path) if path else store.home() / "metrics.sqlite"
         self.busy_timeout_s = busy_timeout_s
-        self._problem: str | None = None
+        self._key = os.path.realpath(self.path)  # every store of one file shares its queue position and problem
         self.retention_days, why = retention_days()
-        self._key = os.path.realpath(self.path)  # every store of one file shares its queue position
         self._lock = threading.Lock()
         self._ready = False
         self._written = 0
@@ -66,9 +66,18 @@ class HistoryStore:
 
     @property
     def problem(self) -> str | None:
-        """The last thing that went wrong, as one line to show (after this process's queued rows are written)."""
+        """The last thing that went wrong with this file in this process, met by this store or another (the
+        Monitor page opens one of its own), as one line to show (after this process's queued rows are written)."""
         self.flush(READ_WAIT_S)
         return self._problem
+
+    @property
+    def _problem(self) -> str | None:
+        return _PROBLEMS.get(self._key)
+
+    @_problem.setter
+    def _problem(self, value: str | None) -> None:
+        _PROBLEMS[self._key] = value
 
     @problem.setter
     def problem(self, value: str | None) -> None:
