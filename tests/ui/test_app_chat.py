@@ -225,3 +225,18 @@ def test_a_message_of_control_characters_nuls_and_emoji_is_answered(tiny_model_d
     assert not at.exception
     (reply,) = assistant_replies(at)
     assert not reply.error and "4 new tokens" in reply_caption(reply)
+
+
+def test_the_chat_page_says_when_a_measurement_has_the_model_to_itself(tiny_model_dir):
+    from workbench.ui import shared
+
+    at = tiny_app(tiny_model_dir, **{state.MAX_NEW_TOKENS: 4}).run()
+    slot = shared.model_slot(at.session_state[state.RECIPE], False)
+    with slot.model.lease("Benchmarking tiny", "Benchmark"):
+        at.run()
+        assert any("Benchmarking tiny has this model to itself" in i.value for i in at.info)
+        at.chat_input[0].set_value("while it is measured").run()
+        assert not at.exception
+        assert "is busy" in assistant_replies(at)[-1].error[0].value
+    at.run()
+    assert not any("has this model to itself" in i.value for i in at.info)

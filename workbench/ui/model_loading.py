@@ -16,6 +16,9 @@ def require_engine() -> Engine:
     """The engine of the sidebar's recipe; while it builds, show progress; on failure, an error and stop."""
     (slot,) = require_slots(require_recipe())
     model_card(slot)
+    if slot.busy:
+        st.info(f"{slot.busy} has this model to itself: chat messages sent now are refused until it ends (Stop is "
+                "on its page).", icon=":material/hourglass_top:")
     return slot.engine
 
 
