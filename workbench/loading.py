@@ -29,7 +29,12 @@ from .recipe import EMBEDDED, Recipe
 
 
 class ModelSourceError(RuntimeError):
-    """The model cannot be loaded; the message says why and what to do."""
+    """The model cannot be loaded; the message says why and what to do, ``field`` which recipe field it is about
+    ("model", or "variant" for a student)."""
+
+    def __init__(self, message: str, field: str = "model"):
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -154,7 +159,7 @@ def _from_dir(location: str, on_stage: OnStage, trust_remote_code: bool):
         aside = _set_aside(path, seen)
         moved = f"; it was moved to {aside.name}" if aside else ""
         raise ModelSourceError(f"the student in {path} is damaged ({_first_line(exc.__cause__ or exc)}){moved}: "
-                               "build it again (`workbench distill` or the Student page)") from None
+                               "build it again (`workbench distill` or the Student page)", "variant") from None
 
 
 def _set_aside(path: Path, seen: int | None) -> Path | None:

@@ -200,7 +200,7 @@ def test_a_damaged_student_is_one_line_naming_its_folder(capsys, tiny, student_h
     code, _, err = run_cli(capsys, "generate", *tiny, "--variant", student, "--prompt", "Hi", "--no-cache")
     assert code == 2
     line = error_line(err)
-    assert line.startswith(f"--model: the student in {folder} is damaged") and "build it again" in line
+    assert line.startswith(f"--variant: the student in {folder} is damaged") and "build it again" in line
 
 
 def test_a_damaged_local_model_is_one_line_naming_it(capsys, tiny_model_dir, tmp_path):

@@ -53,7 +53,7 @@ def _run(argv: list[str]) -> int:
     except RecipeError as exc:
         return fail(f"--{exc.field}: {exc}")
     except ModelSourceError as exc:
-        return fail(f"--model: {exc}")
+        return fail(f"--{getattr(exc, 'field', 'model')}: {exc}")
     except StoreError as exc:
         return fail(str(exc), 1)
     except BrokenPipeError:
