@@ -83,8 +83,10 @@ def busy(found: dict) -> str | None:
     load, cores = found.get("load_before"), found.get("cores") or 1
     if load is None or load <= 1.5 * cores:
         return None
-    return (f"The CPU was busy with other work (load {load:.1f} on {cores} cores): these figures are low, and "
-            "llama.cpp's threads, which wait on each other every token, suffer most; measure again on a quiet machine.")
+    why = (", llama.cpp's most: its threads wait for each other at every step of every token, so on a busy CPU "
+           "fewer threads (--threads 1) can be many times faster" if found.get("runtime") == "llama.cpp" else "")
+    return (f"The CPU was busy with other work (load {load:.1f} on {cores} cores): every figure here is low{why}; "
+            "measure again on a quiet machine.")
 
 
 def limit(found: dict, roof: dict) -> str:
@@ -92,7 +94,7 @@ def limit(found: dict, roof: dict) -> str:
     share, gb_s = found.get("efficiency"), found.get("achieved_gb_s")
     if not share:
         return "No decode speed was measured."
-    reads = (f"it reads {figure(gb_s, 1)} GB/s of weights, {share:.0%} of the {figure(roof['bandwidth_gb_s'], 1)} GB/s "
+    reads = (f"it reads {figure(gb_s, 1 if gb_s >= 1 else 2)} GB/s of weights, {share:.0%} of the {figure(roof['bandwidth_gb_s'], 1)} GB/s "
              "this machine's memory delivers")
     compute = (found.get("gflops_achieved") or 0) / roof["peak_gflops"] if roof.get("peak_gflops") else 0
     if compute > 0.5:
