@@ -1,16 +1,21 @@
 """Quality: perplexity against direct computations, agreement and QA scoring rules, the eval assets; and
 sane figures for the real embedded model (slow)."""
 
+import copy
+import hashlib
 import json
 import math
+import re
 import time
 
+import numpy as np
 import pytest
 import torch
 
 from workbench import quality
 from workbench.optimize.pipeline import from_model
 from workbench.recipe import Recipe
+from workbench.runtimes import distribution
 from workbench.runtimes.transformers import TransformersModel
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about rain.", "Hello!"]
@@ -182,15 +187,72 @@ def test_qa_accuracy_shape(tiny_model):
 # ------------------------------------------------------------------------------------------------ assets
 
 
-def test_qa_asset_has_fifty_valid_items():
+def test_qa_dev_set_keeps_the_first_fifty_and_grows():
     lines = [line for line in (quality.EVAL_DIR / "qa.jsonl").read_text().splitlines() if line.strip()]
-    assert len(lines) == 50
+    first_fifty = "".join(line + "\n" for line in lines[:50]).encode()
+    # The 50 questions earlier figures were measured on, byte for byte: they stay comparable.
+    assert hashlib.sha256(first_fifty).hexdigest() == "45a86467ea03758762881a7b11bc3732501c5d55ea6ecb748da23597c167c2cf"
     items = [json.loads(line) for line in lines]
+    assert len(items) >= 100 and quality.load_qa() == items == quality.load_qa("dev")
+
+
+@pytest.mark.parametrize("part", ["dev", "heldout"])
+def test_every_qa_item_parses_and_its_answers_match_its_own_aliases(part):
+    path = quality.EVAL_DIR / quality.QA_FILES[part]
+    items = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     assert all(set(item) == {"question", "answers"} for item in items)
-    assert all(item["question"].strip() and item["answers"] for item in items)
-    assert all(answer.strip() for item in items for answer in item["answers"])
-    assert len({item["question"] for item in items}) == 50
-    assert quality.load_qa() == items
+    assert all(item["question"].strip() == item["question"] and item["question"].endswith("?") for item in items)
+    assert quality.load_qa(part) == items
+    for item in items:
+        for alias in item["answers"]:
+            assert quality.is_correct(alias, item["answers"]), (item, alias)
+            assert quality.is_correct(f"I think it is {alias}.", item["answers"]), (item, alias)
+    assert len({_normal(item["question"]) for item in items}) == len(items)  # no question twice
+
+
+def test_held_out_questions_appear_in_no_other_prompt_set():
+    heldout = {_normal(item["question"]) for item in quality.load_qa("heldout")}
+    assert len(heldout) >= 100
+    dev = {_normal(item["question"]) for item in quality.load_qa("dev")}
+    assert len(dev) - 50 + len(heldout) >= 200  # new questions written for the split
+    distill = (quality.EVAL_DIR.parent / "distill" / "prompts.txt").read_text(encoding="utf-8").splitlines()
+    others = {
+        "dev QA": dev,
+        "eval prompts": {_normal(p) for p in quality.load_prompts()},
+        "distillation prompts": {_normal(p) for p in distill if p.strip()},
+    }
+    for name, questions in others.items():
+        assert not heldout & questions, f"held-out questions also in the {name}: {sorted(heldout & questions)[:3]}"
+    texts = _normal(quality.load_eval_text() + " " + quality.load_kl_text())
+    assert not [q for q in heldout if q in texts]
+    assert quality.load_kl_text().strip() not in quality.load_eval_text()
+
+
+def test_held_out_questions_are_not_rewordings_of_tuned_ones():
+    # Same content words, or nearly (Jaccard >= 0.8): "How many weeks are there in a year?" is the same question.
+    distill = (quality.EVAL_DIR.parent / "distill" / "prompts.txt").read_text(encoding="utf-8").splitlines()
+    tuned = [item["question"] for item in quality.load_qa("dev")] + quality.load_prompts() + [p for p in distill if p]
+    keys = [_content_words(q) for q in tuned]
+    for item in quality.load_qa("heldout"):
+        mine = _content_words(item["question"])
+        close = [q for q, key in zip(tuned, keys) if len(mine & key) >= 0.8 * len(mine | key)]
+        assert not close, (item["question"], close)
+    # Nor is a dev question a rewording of a distillation prompt: the student would be scored on what it learnt.
+    training = [_content_words(p) for p in distill if p]
+    for item in quality.load_qa("dev"):
+        mine = _content_words(item["question"])
+        assert not [key for key in training if len(mine & key) >= 0.8 * len(mine | key)], item["question"]
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+_STOP = set("the a an there is are of in on do does what which how many you we to at its for by and was who".split())
+
+
+def _content_words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9]+", text.lower().replace("color", "colour"))) - _STOP
 
 
 def test_eval_text_and_prompts_assets():
@@ -222,23 +284,172 @@ def test_evaluate_with_itself_measures_once(tiny_model):
     steps = []
     report = quality.evaluate(tiny_model, tiny_model, max_tokens=100, prompts=PROMPTS, qa=QA,
                               on_step=lambda *a: steps.append(a))
-    assert report["agreement"] == 1.0
-    own = {"perplexity": report["perplexity"], "qa_accuracy": report["qa_accuracy"], "agreement": 1.0}
-    assert report["baseline"] == own
+    assert report["agreement"] == 1.0 and report["agreement_ci"] == [1.0, 1.0]
+    assert report["kl"] == 0.0 and report["kl_ci"] == [0.0, 0.0] and report["kl_problem"] is None
+    own = {k: report[k] for k in ("perplexity", "perplexity_ci", "qa_accuracy", "qa_accuracy_ci",
+                                  "heldout_qa_accuracy", "heldout_qa_accuracy_ci")}
+    assert report["baseline"] == {**own, "agreement": 1.0, "kl": 0.0}
     assert [i for i, _, _ in steps] == list(range(1, 1 + 1 + len(QA)))  # one window, the questions, no prompts
 
 
 def test_evaluate_against_a_different_baseline(tiny_model, other_seed):
     steps = []
-    report = quality.evaluate(tiny_model, other_seed, max_tokens=100, prompts=PROMPTS, qa=QA,
+    report = quality.evaluate(tiny_model, other_seed, max_tokens=100, prompts=PROMPTS, qa=QA, kl_tokens=200,
                               on_step=lambda *a: steps.append(a))
     assert 0.0 <= report["agreement"] < 1.0
     assert report["baseline"]["agreement"] == 1.0
     assert report["baseline"]["perplexity"] != report["perplexity"]
-    total = 2 * (1 + len(QA) + len(PROMPTS))
+    assert report["kl"] > 0.01 and report["kl_tokens"] == 199 and report["kl_problem"] is None
+    total = 2 * (1 + len(QA) + len(PROMPTS)) + 2  # + one KL window of each model
     assert [(i, t) for i, t, _ in steps] == [(i, total) for i in range(1, total + 1)]
     stages = ["perplexity"] + ["qa"] * len(QA) + ["agreement"] * len(PROMPTS)
-    assert [m["stage"] for _, _, m in steps] == stages + ["baseline " + s for s in stages]
+    assert [m["stage"] for _, _, m in steps] == stages + ["baseline " + s for s in stages] + ["baseline kl", "kl"]
+
+
+def test_evaluate_returns_every_figure_with_its_interval(tiny_model, other_seed):
+    heldout = QA + [{"question": "What is 2 + 3?", "answers": ["5", "five"]}]
+    report = quality.evaluate(tiny_model, other_seed, max_tokens=300, prompts=PROMPTS, qa=QA, heldout=heldout,
+                              sets=quality.SETS, kl_tokens=200)
+    for key in ("perplexity", "agreement", "qa_accuracy", "heldout_qa_accuracy", "kl"):
+        lo, hi = report[key + "_ci"]
+        assert lo <= report[key] <= hi, key
+        assert key in report["ci_methods"] or key == "heldout_qa_accuracy"
+    assert report["qa_n"] == 2 and report["heldout_qa_n"] == 3
+    assert report["heldout_qa_accuracy"] == report["heldout_qa_correct"] / 3
+    assert report["qa_accuracy_ci"] == quality.wilson_interval(report["qa_correct"], 2)
+    assert report["perplexity_ci"][1] > report["perplexity_ci"][0]  # 299 tokens: ten blocks, a real spread
+    base = report["baseline"]
+    assert base["perplexity_ci"][0] <= base["perplexity"] <= base["perplexity_ci"][1]
+    assert base["heldout_qa_accuracy_ci"] == quality.wilson_interval(round(base["heldout_qa_accuracy"] * 3), 3)
+
+
+def test_evaluate_sets_choose_what_is_measured(tiny_model, other_seed):
+    report = quality.evaluate(tiny_model, None, max_tokens=100, qa=QA, sets=())
+    assert report["qa_accuracy"] is None and report["qa_n"] == 0 and report["heldout_qa_accuracy"] is None
+    assert report["kl"] is None and "not measured" in report["kl_problem"]
+    report = quality.evaluate(tiny_model, None, max_tokens=100, qa=QA)
+    assert report["kl"] is None and report["kl_problem"] == "no baseline to compare with"
+    assert report["heldout_qa_n"] == 0 and report["qa_n"] == 2
+    with pytest.raises(ValueError, match="unknown evaluation set 'train'"):
+        quality.evaluate(tiny_model, None, sets=("dev", "train"))
+
+
+# ------------------------------------------------------------------------------------------ intervals
+
+
+@pytest.mark.parametrize("successes, n, low, high", [
+    # Newcombe (1998), "Two-sided confidence intervals for the single proportion", Table I, method 3.
+    (81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605), (0, 20, 0.0, 0.1611), (1, 29, 0.0061, 0.1718),
+    (5, 10, 0.2366, 0.7634), (10, 10, 0.7225, 1.0),
+])
+def test_wilson_interval_against_published_values(successes, n, low, high):
+    lo, hi = quality.wilson_interval(successes, n)
+    assert lo == pytest.approx(low, abs=5e-5) and hi == pytest.approx(high, abs=5e-5)
+
+
+def test_wilson_interval_edges():
+    assert quality.wilson_interval(0, 0) is None
+    with pytest.raises(ValueError):
+        quality.wilson_interval(3, 2)
+    wide, narrow = quality.wilson_interval(30, 50), quality.wilson_interval(300, 500)
+    assert wide[1] - wide[0] > 2 * (narrow[1] - narrow[0])  # ~1/sqrt(n)
+
+
+def test_bootstrap_interval():
+    assert quality.bootstrap_interval([3.0], [4]) is None  # one unit: no spread to estimate
+    assert quality.bootstrap_interval([2, 2, 2], [4, 4, 4]) == [0.5, 0.5]
+    sums, counts = [1, 3, 2, 4, 0, 2], [4, 4, 4, 4, 4, 4]
+    lo, hi = quality.bootstrap_interval(sums, counts)
+    assert lo < sum(sums) / sum(counts) < hi and 0 <= lo and hi <= 1
+    assert quality.bootstrap_interval(sums, counts) == [lo, hi]  # seeded: reproducible
+    lo_e, hi_e = quality.bootstrap_interval(sums, counts, transform=np.exp)
+    assert lo_e == pytest.approx(math.exp(lo)) and hi_e == pytest.approx(math.exp(hi))
+
+
+def test_agreement_interval_resamples_prompts():
+    base = [[1, 2, 3, 4], [5, 6, 7, 8], [9, 9]]
+    assert quality.agreement_interval(base, base) == [1.0, 1.0]
+    mine = [[1, 2, 3, 4], [5, 0, 0, 0], [9, 9]]
+    lo, hi = quality.agreement_interval(mine, base)
+    assert lo < quality.agreement(mine, base) < hi
+    assert quality.agreement_interval([[1]], [[1]]) is None
+
+
+def test_perplexity_report_interval_and_fallback_to_windows(tiny_model):
+    report = quality.perplexity_report(tiny_model, max_tokens=300)
+    assert report["perplexity"] == pytest.approx(quality.perplexity(tiny_model, max_tokens=300))
+    assert report["tokens"] == 299 and report["ci"][0] < report["perplexity"] < report["ci"][1]
+    sums_only = _SumsOnly(tiny_model)  # a runtime that gives only summed losses: windows are the units
+    windowed = quality.perplexity_report(sums_only, window=128, stride=64, max_tokens=300)
+    assert windowed["perplexity"] == pytest.approx(
+        quality.perplexity(tiny_model, window=128, stride=64, max_tokens=300), rel=1e-6)
+    assert windowed["ci"][0] < windowed["perplexity"] < windowed["ci"][1]
+    assert quality.perplexity_report(sums_only, max_tokens=300)["ci"] is None  # one window
+
+
+class _SumsOnly:
+    """A loaded model seen through the seam's required methods only (no per-token scores)."""
+
+    def __init__(self, model):
+        self.model, self.recipe, self.context_length = model, model.recipe, model.context_length
+
+    def tokenize(self, text):
+        return self.model.tokenize(text)
+
+    def nll(self, token_ids, first_target):
+        return self.model.nll(token_ids, first_target)
+
+
+# ------------------------------------------------------------------------------------------------- KL
+
+
+@pytest.fixture(scope="module")
+def perturbed(tiny_model):
+    """The tiny model with a little noise on one layer's MLP: same tokenizer, nearby distributions."""
+    module = copy.deepcopy(tiny_model.module)
+    with torch.no_grad():
+        weight = module.model.layers[0].mlp.down_proj.weight
+        weight.add_(0.05 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
+    recipe = Recipe(model=tiny_model.recipe.model + "-perturbed", device="cpu")
+    return TransformersModel(from_model(module, tiny_model.tokenizer, recipe))
+
+
+def test_kl_is_zero_against_itself_and_positive_for_a_perturbed_model(tiny_model, perturbed, other_seed):
+    reference = quality.kl_reference(tiny_model, max_tokens=300)
+    itself = quality.kl_divergence(tiny_model, reference)
+    assert itself["kl"] == pytest.approx(0.0, abs=1e-9) and itself["tokens"] == 299 and itself["problem"] is None
+    near = quality.kl_divergence(perturbed, reference)
+    far = quality.kl_divergence(other_seed, reference)
+    assert 0 < near["kl"] < far["kl"]
+    assert near["ci"][0] <= near["kl"] <= near["ci"][1]
+
+
+def test_kl_equals_a_direct_computation(tiny_model, perturbed):
+    ids = quality.text_ids(tiny_model, quality.load_kl_text(), 200)
+    with torch.inference_mode():
+        p = torch.log_softmax(tiny_model.module(torch.tensor([ids])).logits[0, :-1].double(), -1)
+        q = torch.log_softmax(perturbed.module(torch.tensor([ids])).logits[0, :-1].double(), -1)
+    direct = torch.nn.functional.kl_div(q, p, log_target=True, reduction="sum").item() / (len(ids) - 1)
+    kl = quality.kl_divergence(perturbed, quality.kl_reference(tiny_model, max_tokens=200))["kl"]
+    assert kl == pytest.approx(direct, rel=1e-4)
+
+
+def test_token_nlls_sum_to_the_seams_nll(tiny_model):
+    ids = quality.text_ids(tiny_model, quality.load_kl_text(), 100)
+    losses = distribution.token_nlls(tiny_model, ids, 10)
+    assert losses.shape == (90,) and float(losses.sum()) == pytest.approx(tiny_model.nll(ids, 10), rel=1e-5)
+    logprobs = distribution.next_token_logprobs(tiny_model, ids, 10)
+    assert logprobs.shape == (90, len(tiny_model.tokenizer))
+    assert np.allclose(-logprobs[np.arange(90), ids[10:]], losses, atol=1e-4)
+
+
+def test_kl_is_none_with_a_reason_where_it_cannot_be_computed(tiny_model):
+    reference = quality.kl_reference(tiny_model, max_tokens=100)
+    blind = quality.kl_divergence(_SumsOnly(tiny_model), reference)
+    assert blind["kl"] is None and blind["ci"] is None and "does not expose" in blind["problem"]
+    assert quality.kl_reference(_SumsOnly(tiny_model), max_tokens=100).problem.startswith("the baseline")
+    other_text = quality.KLReference("another text", None, reference.ids, reference.spans, reference.logprobs)
+    assert "tokenizer" in quality.kl_divergence(tiny_model, other_text)["problem"]
 
 
 # ------------------------------------------------------------------------------------- the embedded model
