@@ -5,6 +5,9 @@ dtypes × pruning × variants) for decode tok/s, TTFT, weight bytes and peak RSS
 agreement with the baseline. Recipes run interleaved in rounds (round 1: every recipe, round 2: every recipe, ...)
 so that a machine whose speed drifts slows every recipe alike; quality is measured once, in the first round.
 
+Importing this module loads no model library (the command line's parser reads its defaults): the runtimes,
+benchmarks and quality measures are imported where a sweep runs.
+
 Every finished round of a recipe is stored as one JSON file per recipe under ``WORKBENCH_HOME/frontier/<machine>/``,
 where ``<machine>`` is a fingerprint of this machine (CPU model, cores, library versions): a re-run measures only
 what is missing or stale (measured with other settings), and results of another machine (or of other library
@@ -26,7 +29,9 @@ from dataclasses import asdict, dataclass, fields
 from importlib import metadata
 from pathlib import Path
 
-from . import bench, devices, quality, runtimes, store
+import psutil
+
+from . import store
 from .progress import OnStep
 from .recipe import GenerationSettings, PruneSpec, Recipe, RecipeError
 
@@ -63,7 +68,8 @@ class SweepSettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise RecipeError(name.replace("_", "-"), f"{name.replace('_', ' ')} must be an integer of 1 or "
                                                           f"more, got {value!r}")
-        bench.check_runs(self.runs, self.warmup)
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise RecipeError("warmup", f"warm-up runs must be an integer of 0 or more, got {self.warmup!r}")
         for name in ("max_eval_tokens", "qa_limit", "agreement_prompts"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 2 - (
@@ -165,6 +171,8 @@ def check_grid(recipes: Iterable[Recipe]) -> tuple[list[Recipe], list[dict]]:
 
     The baseline of the first recipe is added when the grid lacks it: every speed-up is measured against it.
     """
+    from . import runtimes  # deferred: it loads torch
+
     recipes = list(recipes)
     if not recipes:
         raise GridError("the grid holds no recipe")
@@ -194,7 +202,7 @@ def fingerprint() -> dict:
         except metadata.PackageNotFoundError:
             libraries[name] = None
     return {"cpu": cpu_model(), "arch": platform.machine(), "logical_cores": os.cpu_count(),
-            "physical_cores": devices.physical_cores(), "libraries": libraries}
+            "physical_cores": psutil.cpu_count(logical=False) or max(1, (os.cpu_count() or 2) // 2), "libraries": libraries}
 
 
 def fingerprint_id(print_: dict) -> str:
@@ -285,6 +293,8 @@ def measure_recipe(recipe: Recipe, settings: SweepSettings, *, with_quality: boo
     Returns ``{"speed": {...}, "model": stats, "quality": {...} or None}``. Raises ``bench.BenchStopped`` once
     ``stop()`` is True (between requests and between quality steps).
     """
+    from . import bench, runtimes  # deferred: they load torch
+
     model = runtimes.build(recipe)
     try:
         generation = GenerationSettings(max_new_tokens=settings.max_new_tokens, ignore_eos=True)
@@ -308,6 +318,8 @@ def quality_of(model, settings: SweepSettings, baseline_tokens: list[list[int]] 
                stop: Callable[[], bool] | None = None) -> dict:
     """Perplexity, QA accuracy (and whatever else ``quality.evaluate`` reports: intervals, ...), then agreement
     with the baseline's greedy tokens (None without them); the baseline keeps its tokens (``greedy_tokens``)."""
+    from . import bench, quality  # deferred: they load torch
+
     def check(i, total, metrics):
         if stop is not None and stop():
             raise bench.BenchStopped("sweep stopped")
@@ -353,6 +365,8 @@ def run_sweep(recipes: Iterable[Recipe], settings: SweepSettings = SweepSettings
     Returns:
         ``report(...)`` plus ``measured`` (items measured now), ``stopped`` and ``failed``.
     """
+    from .bench import BenchStopped  # deferred: it loads torch
+
     measure = measure or measure_recipe
     runnable, skipped = check_grid(recipes)
     machine = fingerprint()
@@ -381,7 +395,7 @@ def run_sweep(recipes: Iterable[Recipe], settings: SweepSettings = SweepSettings
         try:
             result = measure(recipe, settings, with_quality=with_quality, baseline_tokens=tokens,
                              is_baseline=recipe.key() == baseline_key, stop=stop)
-        except bench.BenchStopped:
+        except BenchStopped:
             stopped = True
             break
         except Exception as exc:  # one recipe failing never ends the sweep; it is reported and not stored

@@ -67,3 +67,13 @@ def test_a_bad_grid_is_one_line(capsys, tmp_path):
     path.write_text(json.dumps({"blocks": [{"dtype": "fp99"}]}))
     assert_usage_error(*run_sweep(capsys, "--grid", path), "--grid", "unknown dtype 'fp99'")
     assert_usage_error(*run_sweep(capsys, "--grid", tmp_path / "none.json"), "--grid", "not found")
+
+
+def test_the_sweep_parser_loads_no_model_library():
+    import subprocess
+    import sys
+
+    code = ("import sys, argparse, workbench.cli.sweep as s; s.add_parser(argparse.ArgumentParser()"
+            ".add_subparsers()); print(sorted(m for m in ('torch', 'transformers', 'llama_cpp') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -106,16 +106,21 @@ def sweep_controls(recipe: Recipe, recipes: list[Recipe] | None, settings: front
                    runnable: list[Recipe], job: jobs.Job | None) -> jobs.Job | None:
     """The Start button and what it will measure; returns the running or last job."""
     running = job is not None and job.running
-    missing = frontier.plan(runnable, _records(runnable, settings), settings.rounds) if runnable else []
+    records = _records(runnable, settings)
+    missing = frontier.plan(runnable, records, settings.rounds) if runnable else []
     col, note = st.columns([1, 3], vertical_alignment="center")
     if col.button("Start", icon=":material/play_arrow:", type="primary", width="stretch",
                   disabled=running or recipes is None or not missing):
         job = start_sweep(shared.job_registry(), recipe, recipes, settings)
         st.rerun()
-    quality_items = sum(1 for _, r in missing if _records(runnable, settings)[r.key()]["quality"] is None)
-    note.caption(f"{len(missing)} item(s) to measure (a recipe's round each; {quality_items} with quality); "
-                 "what is stored for this machine with these settings is reused. Anything else running here "
-                 "slows the figures measured meanwhile.")
+    with_quality = sum(1 for _, r in missing if records[r.key()]["quality"] is None)
+    note.caption(f"{len(missing)} item(s) to measure (a recipe's round each; {with_quality} with quality); "
+                 "what is stored for this machine with these settings is reused. Each recipe is built and measured "
+                 "in this server's process: its peak RSS includes the models the app holds.")
+    others = [j for j in shared.job_registry().running() if j.key != job_key(recipe)]
+    if others:
+        st.warning(f"{others[0].title} is running on this machine: figures measured now share the CPU with it.",
+                   icon=":material/warning:")
     return job
 
 
