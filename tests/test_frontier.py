@@ -200,6 +200,8 @@ def test_sweep_of_the_tiny_model_end_to_end(tiny_model_dir, monkeypatch):
     assert base["decode_tok_s"] > 0 and base["weight_bytes"] > pruned["weight_bytes"] > 0
     assert base["perplexity"] > 1 and base["agreement"] == 1.0 and 0 <= pruned["agreement"] <= 1
     assert base["peak_rss_mb"] > 0 and base["ttft_ms"] > 0
+    low, high = base["quality"]["qa_accuracy_ci"]  # quality's intervals pass through
+    assert low <= base["qa_accuracy"] <= high and "agreement_ci" in pruned["quality"]
     assert steps[-1][0] == steps[-1][1] == 2 and steps[-1][2]["eta_s"] == 0
     again = []
     frontier.run_sweep(recipes, settings, measure=lambda r, *a, **k: again.append(r) or real(r, *a, **k))

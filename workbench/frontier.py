@@ -330,9 +330,13 @@ def quality_of(model, settings: SweepSettings, baseline_tokens: list[list[int]] 
     prompts = quality.load_prompts()[: settings.agreement_prompts or None]
     tokens = quality.greedy_tokens(model, prompts, settings.agreement_tokens, on_step=check)
     if is_baseline:
-        out.update(agreement=1.0, greedy_tokens=tokens)
+        out.update(agreement=1.0, agreement_ci=[1.0, 1.0], greedy_tokens=tokens)
     else:
         out["agreement"] = None if baseline_tokens is None else quality.agreement(tokens, baseline_tokens)
+        interval = getattr(quality, "agreement_interval", None)  # 95% interval, where quality provides one
+        if interval is not None and baseline_tokens is not None:
+            ci = interval(tokens, baseline_tokens)
+            out["agreement_ci"] = list(ci) if ci else None
     return out
 
 

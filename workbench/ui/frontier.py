@@ -227,8 +227,15 @@ def table_rows(rows: list[dict], front: list[dict]) -> list[dict]:
              "decode tok/s": num(r["decode_tok_s"]), "TTFT ms": num(r["ttft_ms"], 0),
              "weights MB": num((r["weight_bytes"] or 0) / 2**20) if r["weight_bytes"] else None,
              "peak RSS MB": num(r["peak_rss_mb"], 0), "perplexity": num(r["perplexity"], 2),
-             "QA %": num(r["qa_points"], 0), "agreement %": num(r["agreement_points"], 0), "rounds": r["rounds"]}
+             "QA %": num(r["qa_points"], 0), "QA 95% interval": _interval(r, "qa"),
+             "agreement %": num(r["agreement_points"], 0), "agreement 95% interval": _interval(r, "agreement"),
+             "rounds": r["rounds"]}
             for r in rows]
+
+
+def _interval(row: dict, axis: str) -> str | None:
+    ci = frontier.interval_points(row["quality"], axis)
+    return None if ci is None else f"{ci[0]:.0f}–{ci[1]:.0f}"
 
 
 def _follow_click(event) -> None:
