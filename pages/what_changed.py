@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from workbench.ui import model_loading, navigation, what_changed
+from workbench.ui import model_loading, navigation, profile_panel, what_changed
 
 navigation.require_app()
 st.title("What changed")
@@ -15,3 +15,5 @@ what_changed.why_not_faster(recipe)
 
 st.subheader("Measured on this machine")
 what_changed.measurement(slot.model, baseline.model)
+
+profile_panel.draw_panel(slot.model)

@@ -16,7 +16,12 @@ from ..loading import ModelSourceError
 from ..recipe import RecipeError
 from ..store import StoreError, os_error
 from . import output
+from . import predict as predict_cli
+from . import profile as profile_cli
 from .parser import PROG, Failed, UsageError, build_parser
+
+# Subcommands in modules of their own: each gives add_parser(commands) and run(args).
+MODULES = {"predict": predict_cli, "profile": profile_cli}
 
 MAX_MESSAGE = 400  # characters of an unforeseen error's message shown (a prompt can be quoted in one)
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -39,10 +44,12 @@ def main(argv: list[str] | None = None) -> int:
 def _run(argv: list[str]) -> int:
     command = None
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(extra=[m.add_parser for m in MODULES.values()]).parse_args(argv)
         check_text(args)
         args.argv = argv  # to repeat the command line in hints (resuming a student)
         command = args.command
+        if command in MODULES:
+            return MODULES[command].run(args)
         from .commands import COMMANDS  # the model libraries load only once the command line is good
 
         return COMMANDS[command](args)

@@ -52,8 +52,12 @@ def max_new_tokens_default(command: str) -> int:
     return BENCH_MAX_NEW_TOKENS if command == "bench" else default(GenerationSettings, "max_new_tokens")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``workbench``: subcommands sharing the recipe flags (and generation flags where they apply)."""
+def build_parser(extra=()) -> argparse.ArgumentParser:
+    """The parser of ``workbench``: subcommands sharing the recipe flags (and generation flags where they apply).
+
+    Args:
+        extra: ``add_parser(commands)`` of subcommands kept in modules of their own (they import this one).
+    """
     recipe_flags, generation_flags = _recipe_flags(), _generation_flags()
     parser = _Parser(prog=PROG, description="Measure what latency optimizations buy, on this machine.",
                      allow_abbrev=False)
@@ -90,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _distill_flags(distill)
     _metrics_server_flags(commands)
+    for add_parser in extra:
+        add_parser(commands)
     return parser
 
 

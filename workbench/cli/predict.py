@@ -9,10 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 
-from .. import machine, predict, roofline
+from .. import machine, predict
 from ..formats import figure, human_bytes, human_count
 from . import output
 from .parser import Failed, UsageError, int_at_least
+
+
+def _roofline():
+    """workbench.roofline, which loads the model libraries: imported once the command line is good."""
+    from .. import roofline
+
+    return roofline
 
 VALIDATION_TOLERANCE = 0.25  # the issue's bar: a prediction within 25% of the measurement
 
@@ -48,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if not machine.cached_roofline() or args.remeasure:
         output.say("measuring this machine's memory bandwidth and matmul peak (a few seconds, once)")
     roof = machine.roofline(remeasure=args.remeasure)
-    before = roofline.cached_efficiency()
+    before = _roofline().cached_efficiency()
     validation = None
     if args.measure:
         validation, before = _validate(roof, before)
@@ -60,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(args, roof: dict, efficiency: dict | None) -> dict:
-    found = predict.predict(args.config, roof["bandwidth_gb_s"], roof["peak_gflops"], roofline.efficiencies(efficiency),
+    found = predict.predict(args.config, roof["bandwidth_gb_s"], roof["peak_gflops"], _roofline().efficiencies(efficiency),
                             args.context, args.prompt_tokens)
     decode = {}
     for row in found["here"]:
@@ -79,10 +86,10 @@ def _validate(roof: dict, before: dict | None) -> tuple[list[dict], dict]:
     then, when there was one) against the measured tok/s."""
     output.say("measuring the embedded model under each runtime (builds it first if needed)")
     try:
-        now = roofline.measure_efficiency(roof=roof, on_step=output.StepPrinter("measure", every_s=5.0))
+        now = _roofline().measure_efficiency(roof=roof, on_step=output.StepPrinter("measure", every_s=5.0))
     except Exception as exc:
         raise Failed(f"the measurement failed: {exc}") from None
-    earlier = roofline.efficiencies(before)
+    earlier = _roofline().efficiencies(before)
     rows = []
     for runtime, m in now["runtimes"].items():
         if "problem" in m:
@@ -95,7 +102,7 @@ def _validate(roof: dict, before: dict | None) -> tuple[list[dict], dict]:
                      "predicted_tok_s": predicted, "measured_tok_s": m["achieved_tok_s"], "relative_error": error,
                      "within_25pct": None if error is None else abs(error) <= VALIDATION_TOLERANCE,
                      "efficiency_now": m["efficiency"], "efficiency_before": share, "limit": m["limit"],
-                     "busy": roofline.busy(m)})
+                     "busy": _roofline().busy(m)})
     return rows, now
 
 
