@@ -9,7 +9,7 @@ Everything is loaded once, in this process, then measured in ``--rounds`` interl
 per round, the starting recipe rotating), so that drift in the machine's speed hits every recipe alike. Each
 measurement is ``--runs`` greedy answers of exactly ``--max-new-tokens`` tokens to the same prompt after one
 warm-up; decode tok/s = (tokens - 1) / (last - first token time), TTFT from submission. Figures are medians over
-rounds. QA accuracy (the 50 questions of assets/eval/qa.jsonl) is measured once per recipe, after the timing.
+rounds. QA accuracy (the dev questions of assets/eval/qa.jsonl) is measured once per recipe, after the timing.
 
 Prints a markdown table with each recipe's ratio to the bare shipped-Q4_1 loop and to transformers fp32, and the
 targets the issue set; it asserts nothing.
@@ -104,7 +104,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over every recipe (default 3)")
     parser.add_argument("--runs", type=int, default=3, help="measured answers per recipe and round (default 3)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--qa-limit", type=int, default=None, help="QA on the first N questions (default: all 50)")
+    parser.add_argument("--qa-limit", type=int, default=None, help="QA on the first N questions (default: all)")
     parser.add_argument("--no-eval", action="store_true", help="speed only")
     student = parser.add_mutually_exclusive_group()
     student.add_argument("--student", default=None, help="a student built by `workbench distill`")

@@ -39,7 +39,13 @@ def test_eval_json_compares_the_recipe_with_its_baseline(capsys, tiny, tiny_mode
         assert measured["qa_n"] == 3 and 0.0 <= measured["qa_accuracy"] <= 1.0
     assert report["model"]["weight_bytes"] < report["baseline"]["model"]["weight_bytes"]  # int8 is smaller
     assert report["settings"] == {"max_eval_tokens": 100, "qa_limit": 3, "agreement_tokens": 6,
-                                  "agreement_prompts": 20}
+                                  "agreement_prompts": 20, "sets": ["dev", "kl"]}
+    # Every figure with its 95% interval; KL against the baseline (0 for the baseline itself).
+    lo, hi = report["qa_accuracy_ci"]
+    assert 0 <= lo <= report["qa_accuracy"] <= hi <= 1
+    assert report["perplexity_ci"][0] <= report["perplexity"] <= report["perplexity_ci"][1]
+    assert report["kl"] > 0 and report["kl_tokens"] > 0 and report["kl_problem"] is None
+    assert report["baseline"]["kl"] == 0.0 and report["heldout_qa_accuracy"] is None
     # The baseline is built and measured, then the recipe: one model in memory at a time.
     assert err.index("baseline: [100%] Ready") < err.index("baseline perplexity") < err.index("recipe: [  0%]")
     assert "Traceback" not in err
@@ -72,7 +78,9 @@ def test_bench_eval_adds_quality_after_the_timed_runs(capsys, tiny):
     assert code == 0, err
     report = json.loads(out)
     (entry,) = report["results"]
-    assert set(entry["quality"]) == {"perplexity", "qa_accuracy", "qa_correct", "qa_n", "eval_tokens"}
+    assert {"perplexity", "perplexity_ci", "qa_accuracy", "qa_accuracy_ci", "qa_correct", "qa_n",
+            "eval_tokens"} <= set(entry["quality"])
+    assert entry["quality"]["heldout_qa_accuracy"] is None  # bench measures the dev questions only
     assert entry["quality"]["qa_n"] == 3 and entry["quality"]["eval_tokens"] == 100
     assert report["quality_settings"] == {"max_eval_tokens": 100, "qa_limit": 3}
     assert err.index("run 1/1 (measure)") < err.index("eval perplexity")
@@ -203,3 +211,19 @@ def test_bad_input_exits_2_with_one_line_naming_the_flag(capsys, tiny, argv, fla
         argv = [*argv, *tiny]
     code, out, err = run_cli(capsys, *argv)
     assert_usage_error(code, out, err, flag, allowed)
+
+
+def test_eval_measures_the_held_out_questions_when_asked(capsys, tiny):
+    code, out, err = run_cli(capsys, "eval", *tiny, "--dtype", "int8", *QUALITY, "--agreement-tokens", 4,
+                             "--sets", "heldout", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["heldout_qa_n"] == 3 and report["heldout_qa_accuracy_ci"] is not None
+    assert report["qa_accuracy"] is None and report["kl"] is None  # only what was asked for
+    code, out, _ = run_cli(capsys, "eval", *tiny, *QUALITY, "--agreement-tokens", 4, "--sets", "heldout")
+    assert code == 0 and "held-out QA" in out
+
+
+def test_eval_sets_must_be_known(capsys):
+    code, out, err = run_cli(capsys, "eval", "--sets", "dev,tests")
+    assert_usage_error(code, out, err, "--sets", "dev, heldout, kl")

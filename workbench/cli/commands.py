@@ -228,15 +228,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # eval -------------------------------------------------------------------------------------------------------
 
-QUALITY_KEYS = ("perplexity", "qa_accuracy", "qa_correct", "qa_n", "eval_tokens")
+QUALITY_KEYS = ("perplexity", "perplexity_ci", "qa_accuracy", "qa_accuracy_ci", "qa_correct", "qa_n",
+                "heldout_qa_accuracy", "heldout_qa_accuracy_ci", "heldout_qa_correct", "heldout_qa_n", "eval_tokens")
 
 
-def quality_of(model, max_eval_tokens: int | None, qa_limit: int | None, on_step=None) -> dict:
-    """Perplexity and QA accuracy of one built model (no baseline): ``{perplexity, qa_accuracy, qa_correct,
-    qa_n, eval_tokens}``."""
+def quality_of(model, max_eval_tokens: int | None, qa_limit: int | None, on_step=None,
+               sets: tuple[str, ...] = ("dev",)) -> dict:
+    """Perplexity and QA accuracy of one built model (no baseline), each with its 95% interval:
+    ``{perplexity, perplexity_ci, qa_accuracy, qa_accuracy_ci, qa_correct, qa_n, heldout_qa_…, eval_tokens}``
+    (the held-out figures None unless ``sets`` holds "heldout"). ``qa_limit`` applies to both QA sets."""
     items = quality.load_qa()[:qa_limit] if qa_limit else None
-    report = quality.evaluate(model, None, max_tokens=max_eval_tokens, qa=items, on_step=on_step)
-    return {k: report[k] for k in QUALITY_KEYS}
+    heldout = quality.load_qa("heldout")[:qa_limit] if qa_limit and "heldout" in sets else None
+    qa_sets = tuple(name for name in sets if name in ("dev", "heldout"))
+    report = quality.evaluate(model, None, max_tokens=max_eval_tokens, qa=items, heldout=heldout, sets=qa_sets,
+                              on_step=on_step)
+    return {k: report.get(k) for k in QUALITY_KEYS}
 
 
 def _quality_settings(args: argparse.Namespace) -> dict:
@@ -254,21 +260,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     check_buildable(baseline)
     prompts = quality.load_prompts()
     start = time.perf_counter()
-    measured = {}
+    measured, reference, kl = {}, None, {"kl": None, "ci": None, "tokens": None, "problem": "not asked for"}
     for who, r in ([("recipe", recipe)] if recipe == baseline else [("baseline", baseline), ("recipe", recipe)]):
         model = runtimes.build(r, trust_remote_code=args.trust_remote_code, on_stage=output.build_stages(who))
-        measured[who] = _eval_one(model, args, prompts, output.StepPrinter(who))
+        progress = output.StepPrinter(who)
+        measured[who] = _eval_one(model, args, prompts, progress)
+        if "kl" in args.sets and who == "baseline":  # its distributions, kept once the model is freed
+            reference = quality.kl_reference(model, on_step=lambda i, n, m: progress(i, n, {"stage": "kl"}))
+        elif reference is not None:
+            kl = quality.kl_divergence(model, reference,
+                                       on_step=lambda i, n, m: progress(i, n, {"stage": "kl", **m}))
         model.close()
         del model
         gc.collect()  # free this model before the next one is built: never two in memory
     own = measured["recipe"]
     base = measured.get("baseline", own)
+    if base is own:
+        kl = {"kl": 0.0, "ci": None, "tokens": None, "problem": None} if "kl" in args.sets else kl
     report = {
         **_without_tokens(own),
         "agreement": quality.agreement(own["tokens"], base["tokens"]) if base is not own else 1.0,
-        "baseline": {**_without_tokens(base), "agreement": 1.0},
+        "agreement_ci": quality.agreement_interval(own["tokens"], base["tokens"]) if base is not own else None,
+        "kl": kl["kl"], "kl_ci": kl["ci"], "kl_tokens": kl["tokens"], "kl_problem": kl["problem"],
+        "baseline": {**_without_tokens(base), "agreement": 1.0, "kl": 0.0},
         "settings": {**_quality_settings(args), "agreement_tokens": args.agreement_tokens,
-                     "agreement_prompts": len(prompts)},
+                     "agreement_prompts": len(prompts), "sets": list(args.sets)},
         "seconds": round(time.perf_counter() - start, 1),
     }
     print(json.dumps(report, indent=2) if args.json else output.eval_table(report))
@@ -277,7 +293,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _eval_one(model, args: argparse.Namespace, prompts: list[str], progress: output.StepPrinter) -> dict:
     """Quality of one built model, plus its greedy tokens on the agreement prompts."""
-    measured = quality_of(model, args.max_eval_tokens, args.qa_limit, progress)
+    measured = quality_of(model, args.max_eval_tokens, args.qa_limit, progress, tuple(args.sets))
     tokens = quality.greedy_tokens(model, prompts, args.agreement_tokens,
                                    on_step=lambda i, n, m: progress(i, n, {"stage": "agreement", **m}))
     recipe = model.recipe

@@ -263,24 +263,48 @@ def columns(rows: list[tuple[str, ...]]) -> str:
 
 
 def quality_cells(q: dict | None) -> tuple[str, str]:
-    """Perplexity and QA accuracy as two cells."""
+    """Perplexity and QA accuracy as two cells, each with its 95% interval where it was measured."""
     if not q:
         return ("n/a", "n/a")
-    return (f"{q['perplexity']:.2f}", f"{q['qa_correct']}/{q['qa_n']} ({q['qa_accuracy']:.0%})")
+    return (_with_interval(q["perplexity"], q.get("perplexity_ci"), ".2f"), qa_cell(q))
+
+
+def qa_cell(q: dict, prefix: str = "") -> str:
+    """``7/20 (35%, 15-59%)``: correct of asked, the share and its 95% interval; "–" when not measured."""
+    share = q.get(f"{prefix}qa_accuracy")
+    if share is None:
+        return "–"
+    ci = q.get(f"{prefix}qa_accuracy_ci")
+    interval = f", {ci[0]:.0%}-{ci[1]:.0%}" if ci else ""
+    return f"{q[f'{prefix}qa_correct']}/{q[f'{prefix}qa_n']} ({share:.0%}{interval})"
+
+
+def _with_interval(value, ci, fmt: str) -> str:
+    if value is None:
+        return "–"
+    return f"{value:{fmt}}" + (f" [{ci[0]:{fmt}}, {ci[1]:{fmt}}]" if ci else "")
 
 
 # eval and distill -------------------------------------------------------------------------------------------
 
 
 def eval_table(report: dict) -> str:
-    """Recipe and baseline side by side: perplexity, agreement, QA accuracy."""
-    rows = [("", "perplexity", "agreement", "QA accuracy", "recipe")]
+    """Recipe and baseline side by side: perplexity, agreement, QA accuracy (dev, held-out), KL divergence, each
+    with its 95% interval."""
+    heldout = report.get("heldout_qa_accuracy") is not None
+    rows = [("", "perplexity", "agreement", "QA accuracy", *(("held-out QA",) if heldout else ()), "KL", "recipe")]
     for who, m in (("recipe", report), ("baseline", report["baseline"])):
-        rows.append((who, f"{m['perplexity']:.2f}", f"{m['agreement']:.1%}",
-                     f"{m['qa_correct']}/{m['qa_n']} ({m['qa_accuracy']:.0%})", m["label"]))
+        rows.append((who, _with_interval(m["perplexity"], m.get("perplexity_ci"), ".2f"),
+                     _with_interval(m["agreement"], m.get("agreement_ci"), ".1%"), qa_cell(m),
+                     *((qa_cell(m, "heldout_"),) if heldout else ()), _with_interval(m.get("kl"), m.get("kl_ci"), ".3f"),
+                     m["label"]))
     note = (f"perplexity on {report['eval_tokens']} tokens of the evaluation text; agreement on "
             f"{report['settings']['agreement_prompts']} prompts x {report['settings']['agreement_tokens']} "
-            "greedy tokens")
+            "greedy tokens; [95% intervals]")
+    if report.get("kl") is not None and report.get("kl_tokens"):
+        note += f"; KL(baseline || recipe) in nats per token on {report['kl_tokens']} held-out tokens"
+    elif report.get("kl_problem") and "kl" in report["settings"].get("sets", ()):
+        note += f"; no KL: {report['kl_problem']}"
     return columns(rows) + "\n" + note
 
 

@@ -81,6 +81,9 @@ def build_parser(extra=()) -> argparse.ArgumentParser:
     _quality_flags(evaluate, max_eval_tokens=None)
     evaluate.add_argument("--agreement-tokens", type=int_at_least(1), default=32, metavar="N",
                           help="greedy tokens per eval prompt compared with the baseline's (default 32)")
+    evaluate.add_argument("--sets", type=eval_sets, default=("dev", "kl"), metavar="dev,heldout,kl",
+                          help="what to measure besides perplexity and agreement: dev QA, held-out QA (never tuned "
+                               "on; about twice the dev set's time), KL divergence to the baseline (default dev,kl)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     cache = commands.add_parser(
         "cache", allow_abbrev=False, help="response cache: show its stats or clear it",
@@ -201,7 +204,7 @@ def _quality_flags(parser: argparse.ArgumentParser, max_eval_tokens: int | None)
     group.add_argument("--max-eval-tokens", type=int_at_least(2), default=max_eval_tokens, metavar="N",
                        help=f"perplexity on the first N tokens of the evaluation text (default: {whole})")
     group.add_argument("--qa-limit", type=int_at_least(1), default=None, metavar="N",
-                       help="QA accuracy on the first N questions (default: all 50)")
+                       help="QA accuracy on the first N questions of each set (default: all)")
 
 
 def student_dest(field: str) -> str:
@@ -239,6 +242,15 @@ def _metrics_server_flags(commands) -> None:
 
 
 # Value parsers: each rejects a bad value with one line that says what is accepted.
+
+
+def eval_sets(text: str) -> tuple[str, ...]:
+    """``--sets``: a comma-separated choice of dev, heldout, kl."""
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [n for n in names if n not in ("dev", "heldout", "kl")]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more of dev, heldout, kl, separated by commas")
+    return names
 
 
 def number_in(kind: type, low: float, high: float | None = None):

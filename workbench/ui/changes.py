@@ -20,7 +20,7 @@ RUNS = 3  # measured generations per model
 WARMUP = 1
 MAX_NEW_TOKENS = 64  # exactly this many per run (EOS ignored), so both models do the same work
 PERPLEXITY_TOKENS = 512  # perplexity on the first this many tokens of the evaluation text
-QUICK_QA = 10  # questions in a quick measurement (of the 50)
+QUICK_QA = 10  # questions in a quick measurement (of the dev set)
 QUICK_PROMPTS = 10  # agreement prompts in a quick measurement (of the 20)
 SAME_BAND = 0.05  # ratios within 5% of 1 are reported as "about the same": run-to-run noise is that large
 

@@ -6,6 +6,7 @@ from datetime import datetime
 
 import streamlit as st
 
+from .. import quality
 from ..recipe import FLOAT_DTYPES, Recipe
 from . import changes, charts, draw, jobs, shared, state
 from .model_loading import require_slots
@@ -77,7 +78,7 @@ def measurement(model, baseline) -> None:
 
     running = job is not None and job.running
     button_col, quick_col = st.columns([1, 2], vertical_alignment="center")
-    quick = quick_col.checkbox(f"Quick: the first {changes.QUICK_QA} of the 50 QA questions and "
+    quick = quick_col.checkbox(f"Quick: the first {changes.QUICK_QA} of the {len(quality.load_qa())} QA questions and "
                                f"{changes.QUICK_PROMPTS} of the 20 agreement prompts", key=state.QUICK_MEASURE)
     if button_col.button("Measure speed and quality", icon=":material/speed:", type="primary", disabled=running,
                          width="stretch"):
