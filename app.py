@@ -16,6 +16,7 @@ pages = [
     st.Page("pages/build_a_student.py", title="Build a student", icon=":material/school:"),
     st.Page("pages/monitor.py", title="Monitor", icon=":material/monitoring:"),
     st.Page("pages/benchmark.py", title="Benchmark", icon=":material/stacked_line_chart:"),
+    st.Page("pages/frontier.py", title="Frontier", icon=":material/scatter_plot:"),
     st.Page("pages/roofline.py", title="Roofline & predictor", icon=":material/memory:"),
 ]
 navigation = st.navigation(pages)
