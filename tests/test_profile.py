@@ -60,6 +60,8 @@ def test_the_module_table_names_each_kind_and_the_python_rest(tiny_profile, tiny
     assert rows["attention"]["calls"] == rows["mlp"]["calls"] == 32 * layers  # every forward of the turn
     assert rows["lm_head"]["calls"] == 32 and rows["norms"]["calls"] == 32 * (2 * layers + 1)
     assert profiling.OVERHEAD in rows and all(m["ms"] >= 0 for m in rows.values())
+    # A partition of the profiled turn: nothing counted twice, little left out.
+    assert 0.9 <= sum(m["share"] for m in rows.values()) <= 1.0 + 1e-3
     ops = tiny_profile.ops
     assert ops and all(o["name"] not in rows for o in ops)
     assert [o["self_ms"] for o in ops] == sorted((o["self_ms"] for o in ops), reverse=True)

@@ -221,8 +221,9 @@ def _labels() -> set[str]:
 def module_table(averages) -> list[dict]:
     """Rows ``{name, calls, ms, share}`` per module kind, the Python/dispatch rest and what ran outside forward.
 
-    ``share`` is of the whole turn under the profiler. The Python/dispatch row is the time inside the model's
-    forward and its annotated modules that no aten op accounts for (their self time).
+    ``share`` is of the whole turn under the profiler. A module kind's ``ms`` is the time of the ops run under it;
+    the Python/dispatch row is the time inside the model's forward and its annotated modules that no aten op
+    accounts for (their self time), counted there alone, so that the rows add up to the turn.
     """
     by_name = {a.key: a for a in averages}
     labels = _labels()
@@ -233,7 +234,7 @@ def module_table(averages) -> list[dict]:
     for kind, _ in MODULE_KINDS:
         a = by_name.get(kind)
         if a is not None:
-            rows.append({"name": kind, "calls": a.count, "ms": a.cpu_time_total / 1000})
+            rows.append({"name": kind, "calls": a.count, "ms": (a.cpu_time_total - a.self_cpu_time_total) / 1000})
     overhead_us = sum(by_name[k].self_cpu_time_total for k in labels - {GENERATE} if k in by_name)
     rows.append({"name": OVERHEAD, "calls": forward.count if forward else 0, "ms": overhead_us / 1000})
     if forward is not None and turn is not None:
