@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from workbench import frontier as sweep
 from workbench.recipe import Recipe
-from workbench.ui import frontier, state
+from workbench.ui import frontier, shared, state
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "frontier.py")
 
@@ -50,7 +50,13 @@ def test_frontier_page_measures_the_grid_and_loads_a_recipe(tiny_model_dir, smal
     assert any("2 item(s) to measure" in c.value for c in at.caption)
     next(b for b in at.button if b.label == "Start").click().run()
     assert not at.exception
-    run_until(at, lambda a: any("0 item(s) to measure" in c.value for c in a.caption))
+    job = shared.job_registry().jobs("frontier:")[-1]
+    try:
+        run_until(at, lambda a: any("0 item(s) to measure" in c.value for c in a.caption), timeout_s=480)
+    except BaseException:  # say where the job stood
+        print(f"frontier job: running={job.running} error={job.error!r} step={job.step}/{job.total} "
+              f"metrics={job.metrics!r}")
+        raise
     assert any("recipe within" in m.value for m in at.markdown)
     assert not at.error
     assert len(at.get("plotly_chart")) == 1

@@ -19,7 +19,9 @@ def test_benchmark_page_runs_a_small_sweep(page, app_url, artifacts_dir):
 
     page.goto(f"{app_url}/benchmark")
     expect(page.get_by_role("button", name="Run benchmark")).to_be_enabled(timeout=MODEL_WAIT_MS)
+    # Each change reruns the page, which may redraw the inputs under the next fill: wait for each to show.
     set_number(page, "Tokens per answer", 4)
+    expect(page.get_by_text("requests of 4 tokens")).to_be_visible(timeout=120_000)
     set_number(page, "Requests per user", 1)
     # (1 warm-up + 1 measured) x 16 users (the default) x 3 batch sizes
     expect(page.get_by_text("96 requests of 4 tokens")).to_be_visible(timeout=120_000)
