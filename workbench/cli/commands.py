@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import shlex
-import signal
 import sqlite3
 import threading
 import time
@@ -323,7 +321,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     name = student_name(recipe.model, spec)
     output.say(f"student {name} of {recipe.model}: {steps} steps")
     try:
-        with _StopOnInterrupt() as interrupt:
+        with output.StopOnInterrupt("stopping after this step and saving a checkpoint "
+                                    "(Ctrl-C again to quit without saving)") as interrupt:
             result = distillation.distill(recipe.model, spec, steps, on_step=output.StepPrinter("distill"),
                                           stop=interrupt)
     except KeyboardInterrupt:
@@ -382,34 +381,6 @@ def _quality_of_recipe(recipe: Recipe, who: str, args: argparse.Namespace) -> di
 
 def _resume_hint(args: argparse.Namespace) -> str:
     return f"run the same command to resume: {PROG} {shlex.join(args.argv)}"
-
-
-class _StopOnInterrupt:
-    """The ``stop`` callable of a training loop: the first Ctrl-C makes it return True (the loop then saves a
-    checkpoint and returns); a second Ctrl-C raises KeyboardInterrupt as usual."""
-
-    requested = False
-
-    def __enter__(self):
-        self.previous = None
-        if threading.current_thread() is threading.main_thread():  # only the main thread receives signals
-            self.previous = signal.signal(signal.SIGINT, self._on_sigint)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-
-    def __call__(self) -> bool:
-        return self.requested
-
-    def _on_sigint(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        # os.write, not print: a signal handler may run while print holds stderr's buffer.
-        os.write(2, f"\n{PROG}: stopping after this step and saving a checkpoint "
-                    "(Ctrl-C again to quit without saving)\n".encode())
 
 
 # metrics-server ---------------------------------------------------------------------------------------------

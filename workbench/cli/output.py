@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -327,3 +329,32 @@ def distill_text(report: dict) -> str:
 
 def _loss(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
+
+
+class StopOnInterrupt:
+    """The ``stop`` callable of a long run (training, a sweep): the first Ctrl-C makes it return True and says
+    ``message`` (the run then ends cleanly); a second Ctrl-C raises KeyboardInterrupt as usual."""
+
+    def __init__(self, message: str):
+        self.message = message
+        self.requested = False
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():  # only the main thread receives signals
+            self.previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        # os.write, not print: a signal handler may run while print holds stderr's buffer.
+        os.write(2, f"\n{PROG}: {self.message}\n".encode())

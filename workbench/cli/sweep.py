@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-import threading
 
 from .. import frontier
 from ..formats import human_bytes
 from ..recipe import Recipe, RecipeError
+from . import output
 from .parser import PROG, default, float_in, int_at_least
 
 
@@ -70,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"--grid: {exc}")
     except RecipeError as exc:
         return _fail(f"--{exc.field}: {exc}")
-    with _StopOnInterrupt() as stop:
+    with output.StopOnInterrupt("stopping: the recipe being measured is dropped, finished ones are kept "
+                                "(Ctrl-C again to quit at once)") as stop:
         result = frontier.run_sweep(recipes, settings, on_step=_progress, stop=stop, fresh=args.fresh,
                                     within=args.within, axis=args.quality)
     print(json.dumps(result, indent=2) if args.json else text(result))
@@ -132,30 +132,3 @@ def _num(value, digits: int) -> str:
 
 def _times(value) -> str:
     return "n/a" if value is None else f"{value:.2f}×"
-
-
-class _StopOnInterrupt:
-    """``stop`` of the sweep: the first Ctrl-C ends it (finished items are kept); a second quits at once."""
-
-    requested = False
-
-    def __enter__(self):
-        self.previous = None
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._on_sigint)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-
-    def __call__(self) -> bool:
-        return self.requested
-
-    def _on_sigint(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        import os
-
-        os.write(2, f"\n{PROG}: stopping: the recipe being measured is dropped, finished ones are kept (Ctrl-C again to quit at once)\n".encode())
