@@ -32,3 +32,6 @@ st.caption("Accelerator figures are bounds from published bandwidth (estimates, 
            "a small model on a GPU usually runs far below it, held back by per-token kernel launches.")
 if rows:
     roofline.prediction_table(rows)
+
+st.subheader("Predicted against the frontier")
+roofline.frontier_check(roof, report)

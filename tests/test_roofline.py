@@ -75,3 +75,36 @@ def test_llama_cpps_file_stores_the_types_and_bytes_the_predictor_counts(tiny_mo
             assert model.stats.weight_bytes == predict.weight_bytes(arch, "llama.cpp", fmt), fmt
         finally:
             model.close()
+
+
+def frontier_row(runtime, dtype, tok_s, *, prune="none", context=40.0):
+    recipe = Recipe(runtime=runtime, device="cpu", dtype=dtype,
+                    prune={"method": prune, "ratio": 0.25 if prune != "none" else 0.0}).to_dict()
+    return {"recipe": recipe, "label": f"{runtime} {dtype} {prune}", "decode_tok_s": tok_s, "context_tokens": context}
+
+
+def test_the_predictor_is_set_against_what_the_frontier_measured(roof):
+    arch = predict.architecture(None)
+    bound = {f: predict.decode_bound(arch, r, f, roof["bandwidth_gb_s"], 40) for r, f in
+             [("transformers", "fp32"), ("llama.cpp", "q4_0"), ("llama.cpp", "q8_0")]}
+    cached = {"runtimes": {"transformers": {"efficiency": 0.2, "dtype": "fp32"},
+                           "llama.cpp": {"efficiency": 0.3, "dtype": "q4_0"}}}
+    rows = [frontier_row("transformers", "fp32", 0.25 * bound["fp32"]),
+            frontier_row("llama.cpp", "q4_0", 0.45 * bound["q4_0"]),
+            frontier_row("llama.cpp", "q8_0", 0.5 * bound["q8_0"]),
+            frontier_row("transformers", "fp32", 99.0, prune="layers")]  # pruned: not the predicted architecture
+    found = {r["dtype"]: r for r in roofline.against_frontier(rows, roof, cached)}
+    assert set(found) == {"fp32", "q4_0", "q8_0"}
+    assert found["fp32"]["predicted_tok_s"] == pytest.approx(0.2 * bound["fp32"])
+    assert found["fp32"]["relative_error"] == pytest.approx(0.2 / 0.25 - 1)
+    assert found["fp32"]["within_25pct"] is True and found["q4_0"]["within_25pct"] is False  # -20%, -33%
+    assert found["q4_0"]["relative_error"] == pytest.approx(0.3 / 0.45 - 1)
+    # q8_0 is predicted with llama.cpp's efficiency (measured on q4_0): cached 0.3, this sweep's own q4_0 row 0.45.
+    assert found["q8_0"]["efficiency_from"] == "q4_0" and not found["q8_0"]["basis"]
+    assert found["q8_0"]["predicted_tok_s"] == pytest.approx(0.3 * bound["q8_0"])
+    assert found["q8_0"]["same_run_tok_s"] == pytest.approx(0.45 * bound["q8_0"])
+    assert found["q8_0"]["same_run_error"] == pytest.approx(0.45 / 0.5 - 1)
+    assert found["q4_0"]["basis"] and found["q4_0"]["same_run_tok_s"] == pytest.approx(found["q4_0"]["measured_tok_s"])
+    # Without a cached efficiency only the same-run prediction is made.
+    alone = {r["dtype"]: r for r in roofline.against_frontier(rows, roof, None)}
+    assert alone["q8_0"]["predicted_tok_s"] is None and alone["q8_0"]["same_run_tok_s"] is not None

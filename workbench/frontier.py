@@ -311,7 +311,9 @@ def speed_of(entry: dict) -> dict:
     """One round's speed figures from a ``bench.run_bench`` entry."""
     return {"decode_tok_s": entry["decode_tok_s"]["median"], "ttft_ms": entry["ttft_ms"]["p50"],
             "tpot_ms": entry["tpot_ms"]["p50"], "e2e_ms": entry["e2e_ms"]["p50"],
-            "peak_rss_mb": entry["peak_rss_mb"], "measured_at": time.time()}
+            "peak_rss_mb": entry["peak_rss_mb"], "measured_at": time.time(),
+            "prompt_tokens": statistics.mean(r["prompt_tokens"] for r in entry["per_run"]) if entry.get("per_run")
+            else None}
 
 
 def quality_of(model, settings: SweepSettings, baseline_tokens: list[list[int]] | None, is_baseline: bool = False,
@@ -534,9 +536,17 @@ def _row(record: dict) -> dict:
             "ttft_ms": _median(r.get("ttft_ms") for r in rounds), "tpot_ms": _median(r.get("tpot_ms") for r in rounds),
             "peak_rss_mb": max((r.get("peak_rss_mb") or 0 for r in rounds), default=None),
             "weight_bytes": model.get("weight_bytes"), "backend": model.get("backend"),
+            "context_tokens": _context(record, rounds),
             "quality": quality_figures, "perplexity": quality_figures.get("perplexity"),
             "qa_accuracy": quality_figures.get("qa_accuracy"), "agreement": quality_figures.get("agreement"),
             "measured_at": max((r.get("measured_at") or 0 for r in rounds), default=None)}
+
+
+def _context(record: dict, rounds: list[dict]) -> float | None:
+    """Mean KV-cache length over a timed request's decoded tokens: its prompt and half the tokens it generates."""
+    prompt = _median(r.get("prompt_tokens") for r in rounds)
+    new = (record.get("settings") or {}).get("max_new_tokens")
+    return prompt + new / 2 if prompt is not None and new else None
 
 
 def _median(values) -> float | None:

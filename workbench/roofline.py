@@ -165,3 +165,54 @@ def efficiencies(report: dict | None) -> dict:
         return {}
     return {runtime: {"efficiency": m["efficiency"], "dtype": m["dtype"]}
             for runtime, m in report.get("runtimes", {}).items() if m.get("efficiency")}
+
+
+def against_frontier(rows: list[dict], roof: dict, report: dict | None, model: str = EMBEDDED) -> list[dict]:
+    """The predictor's decode tok/s set against what a frontier sweep measured here, per recipe it can predict.
+
+    Each row of ``rows`` (``frontier.table`` of this machine's records) that runs ``model`` unpruned, as itself, in
+    a format the predictor knows, gets two predictions of its tok/s: ``predicted_tok_s`` is what ``workbench
+    predict`` says (the bound times the runtime's efficiency cached in ``report``, measured in another run), and
+    ``same_run_tok_s`` uses the efficiency the sweep's own row of the runtime's basis format reached, so that
+    machine drift between runs drops out (for that basis row itself it equals the measurement). The bound counts
+    the KV cache at the row's mean context (``predict.DEFAULT_CONTEXT`` where a record does not say).
+    """
+    arch = predict.architecture(None if model == EMBEDDED else model)
+    cached = efficiencies(report)
+    basis_formats = dict(EFFICIENCY_RECIPES)
+    chosen = [row for row in rows if _predictable(row, model)]
+    same_run = {}
+    for row in chosen:
+        runtime, dtype = row["recipe"]["runtime"], row["recipe"]["dtype"]
+        if basis_formats.get(runtime) == dtype and row["decode_tok_s"]:
+            same_run[runtime] = row["decode_tok_s"] / _bound(arch, row, roof)
+    out = []
+    for row in chosen:
+        runtime, dtype = row["recipe"]["runtime"], row["recipe"]["dtype"]
+        bound = _bound(arch, row, roof)
+        share = cached.get(runtime, {}).get("efficiency")
+        predicted = bound * share if share else None
+        same = bound * same_run[runtime] if runtime in same_run else None
+        measured = row["decode_tok_s"]
+        error = (predicted - measured) / measured if predicted and measured else None
+        backend = row["recipe"].get("backend")
+        name = f"{runtime} {dtype}" + (f" ({backend})" if backend not in (None, "auto", "torch", runtime) else "")
+        out.append({"label": row["label"], "format": name, "runtime": runtime, "dtype": dtype, "bound_tok_s": bound,
+                    "measured_tok_s": measured, "predicted_tok_s": predicted, "relative_error": error,
+                    "within_25pct": None if error is None else abs(error) <= 0.25,
+                    "efficiency_from": cached.get(runtime, {}).get("dtype"),
+                    "same_run_tok_s": same, "same_run_error": (same - measured) / measured
+                    if same and measured else None, "basis": basis_formats.get(runtime) == dtype})
+    return out
+
+
+def _bound(arch: predict.Architecture, row: dict, roof: dict) -> float:
+    context = round(row.get("context_tokens") or predict.DEFAULT_CONTEXT)
+    return predict.decode_bound(arch, row["recipe"]["runtime"], row["recipe"]["dtype"], roof["bandwidth_gb_s"], context)
+
+
+def _predictable(row: dict, model: str) -> bool:
+    recipe = row["recipe"]
+    return (recipe["model"] == model and recipe.get("prune", {}).get("method", "none") == "none"
+            and recipe.get("variant", "none") == "none" and recipe["dtype"] in predict.RUNTIME_FORMATS.get(
+                recipe["runtime"], ()) and bool(row.get("decode_tok_s")))

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from workbench import machine, predict
+from workbench import frontier, machine, predict
+from workbench.recipe import Recipe
 from workbench.cli import predict as predict_cli
 from workbench.cli.parser import UsageError
 
@@ -42,6 +43,27 @@ def test_json_has_the_contracts_keys_for_the_embedded_model(capsys, measured_mac
     assert report["decode_tok_s"]["transformers"]["fp32"]["expected"] is None  # no efficiency measured in this home
     assert all(row["estimate"] for row in report["accelerators"])
     assert "validation" not in report
+    assert report["frontier_validation"] == []  # no sweep stored in this home
+
+
+def store_frontier_row(recipe: Recipe, tok_s: float) -> None:
+    print_ = frontier.fingerprint()
+    record = frontier.new_record(recipe, print_, frontier.fingerprint_id(print_), frontier.SweepSettings())
+    record["rounds"] = [{"decode_tok_s": tok_s, "prompt_tokens": 30}]
+    frontier.save_record(record)
+
+
+def test_the_frontier_measured_here_is_printed_against_the_prediction(capsys):
+    store_frontier_row(Recipe(device="cpu", dtype="fp32"), 10.0)
+    store_frontier_row(Recipe(runtime="llama.cpp", device="cpu", dtype="q8_0"), 60.0)
+    assert run(["--json"]) == 0
+    rows = {r["dtype"]: r for r in json.loads(capsys.readouterr().out)["frontier_validation"]}
+    assert rows["fp32"]["measured_tok_s"] == 10.0 and rows["fp32"]["basis"]
+    assert rows["q8_0"]["measured_tok_s"] == 60.0 and rows["q8_0"]["same_run_tok_s"] is None  # no q4_0 row
+    assert rows["q8_0"]["predicted_tok_s"] is None  # no efficiency cached in this home
+    assert run([]) == 0
+    out = capsys.readouterr().out
+    assert "against the frontier measured here" in out and "llama.cpp q8_0" in out
 
 
 def test_a_shipped_config_and_a_model_directory(capsys, tiny_model_dir):

@@ -9,7 +9,8 @@ import pytest
 from apps import run_until
 from streamlit.testing.v1 import AppTest
 
-from workbench import machine, roofline
+from workbench import frontier, machine, roofline
+from workbench.recipe import Recipe
 from workbench.ui import roofline as page
 
 PAGE = Path(__file__).resolve().parents[2] / "pages" / "roofline.py"
@@ -45,6 +46,23 @@ def test_the_page_shows_the_machine_and_predicts_the_shipped_models(app):
     assert set(at.dataframe[0].value["Model"]) == {"Phi-3-mini-4k"}
     at.text_input(key=page.PATH_KEY).input("nobody/not-cached").run()
     assert not at.exception and "huggingface-cli download" in at.warning[0].value
+    assert "No frontier sweep with the default settings" in " ".join(c.value for c in at.caption)
+
+
+def test_the_frontier_measured_here_is_drawn_against_the_prediction(app):
+    print_ = frontier.fingerprint()
+    for dtype, tok_s in (("q4_0", 80.0), ("q8_0", 60.0)):
+        record = frontier.new_record(Recipe(runtime="llama.cpp", device="cpu", dtype=dtype), print_,
+                                     frontier.fingerprint_id(print_), frontier.SweepSettings())
+        record["rounds"] = [{"decode_tok_s": tok_s, "prompt_tokens": 30}]
+        frontier.save_record(record)
+    at = app.run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) == 2  # the predictor's and the frontier check's
+    table = at.dataframe[-1].value.set_index("Recipe")
+    assert table["Measured tok/s"].to_dict() == {"llama.cpp q4_0": 80.0, "llama.cpp q8_0": 60.0}
+    assert table["Same-run prediction"]["llama.cpp q4_0"] == "basis"
+    assert float(table["Same-run prediction"]["llama.cpp q8_0"]) > 0
 
 
 def test_re_measure_measures_the_machine_again(app):

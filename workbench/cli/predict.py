@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from .. import machine, predict
+from .. import frontier, machine, predict
 from ..formats import figure, human_bytes, human_count
 from . import output
-from .parser import Failed, UsageError, int_at_least
+from .parser import PROG, Failed, UsageError, int_at_least
 
 
 def _roofline():
@@ -62,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
     report = _report(args, roof, before)
     if validation is not None:
         report["validation"] = validation
+    if args.config is None:  # the embedded model: what the frontier measured here, if it ran
+        rows = frontier.report(None, frontier.SweepSettings())["recipes"]
+        report["frontier_validation"] = _roofline().against_frontier(rows, roof, before)
     print(json.dumps(report, indent=2) if args.json else text(report))
     return 0
 
@@ -106,6 +109,30 @@ def _validate(roof: dict, before: dict | None) -> tuple[list[dict], dict]:
     return rows, now
 
 
+def frontier_lines(rows: list[dict] | None) -> list[str]:
+    """The predictor against the frontier sweep stored for this machine (default settings), or a hint to run it."""
+    if rows is None:
+        return []
+    if not rows:
+        return ["", "against the frontier: no sweep with the default settings is stored for this machine "
+                    f"(run {PROG} sweep); nothing to check the predictions against"]
+    table = [("recipe", "measured tok/s", "predicted", "error", "same-run prediction", "error")]
+    for r in rows:
+        if r["predicted_tok_s"] is None:
+            predicted = error = "-"
+        else:
+            predicted = figure(r["predicted_tok_s"], 1) + ("" if r["efficiency_from"] == r["dtype"] else
+                                                           f" (efficiency of {r['efficiency_from']})")
+            error = f"{r['relative_error']:+.0%}" + ("" if r["within_25pct"] else " (outside 25%)")
+        same = "-" if r["same_run_tok_s"] is None else (
+            "basis" if r["basis"] else figure(r["same_run_tok_s"], 1))
+        same_error = "-" if r["same_run_error"] is None or r["basis"] else f"{r['same_run_error']:+.0%}"
+        table.append((r["format"], figure(r["measured_tok_s"], 1), predicted, error, same, same_error))
+    return ["", "against the frontier measured here (default sweep settings): predicted = bound x the efficiency "
+                "cached for the runtime (another run); same-run = bound x the efficiency of the sweep's own row of "
+                "the runtime's basis format", output.columns(table)]
+
+
 def text(report: dict) -> str:
     lines = [f"{report['model']}: {human_count(report['params'])} parameters "
              f"({report['params']:,}), KV cache {human_bytes(report['kv_bytes_per_token']['fp16'])}/token in fp16, "
@@ -130,6 +157,7 @@ def text(report: dict) -> str:
     acc += [(r["accelerator"], r["dtype"], figure(r["bound_tok_s"], 0), f"{figure(r['prefill_bound_ms'], 1)} ms")
             for r in report["accelerators"]]
     lines.append(output.columns(acc))
+    lines += frontier_lines(report.get("frontier_validation"))
     for row in report.get("validation", []):
         lines.append("")
         if "problem" in row:

@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from .. import bench, machine, predict, roofline
+from .. import bench, frontier, machine, predict, roofline
 from ..formats import figure, human_bytes, human_count
 from ..recipe import EMBEDDED
 from . import charts, jobs, shared
@@ -194,3 +194,43 @@ def prediction_table(rows: list[dict]) -> None:
                            "Weights": r["weights"], "Where": r["where"], "Decode tok/s": round(r["tok_s"], 1)}
                           for r in rows])
     st.dataframe(table, hide_index=True)
+
+
+# The predictor against the frontier --------------------------------------------------------------------------------
+
+
+def frontier_check(roof: dict, report: dict | None) -> None:
+    """The embedded model's recipes the frontier measured here (default settings), each with the predictor's tok/s."""
+    rows = roofline.against_frontier(frontier.report(None, frontier.SweepSettings())["recipes"], roof, report)
+    if not rows:
+        st.caption("No frontier sweep with the default settings is stored for this machine: run one on the Frontier "
+                   "page (or `workbench sweep`) to check the predictions against it.")
+        return
+    st.plotly_chart(frontier_figure(rows), key="roofline_vs_frontier")
+    table = pd.DataFrame([{
+        "Recipe": r["format"], "Measured tok/s": round(r["measured_tok_s"], 1),
+        "Predicted tok/s": None if r["predicted_tok_s"] is None else round(r["predicted_tok_s"], 1),
+        "Error": None if r["relative_error"] is None else f"{r['relative_error']:+.0%}",
+        "Same-run prediction": "basis" if r["basis"] else figure(r["same_run_tok_s"], 1),
+        "Same-run error": None if r["basis"] or r["same_run_error"] is None else f"{r['same_run_error']:+.0%}",
+        "Bound tok/s": round(r["bound_tok_s"], 1)} for r in rows])
+    st.dataframe(table, hide_index=True)
+    st.caption("Predicted = the bound × the runtime's efficiency cached above (measured in another run, so machine "
+               "drift between the runs counts against it). Same-run = the bound × the efficiency the sweep's own row "
+               f"of the runtime's basis format ({', '.join(f'{r} {d}' for r, d in roofline.EFFICIENCY_RECIPES)}) "
+               "reached, so drift drops out and what is left is how well one format's efficiency carries over to "
+               "another. The issue's bar is 25%.")
+
+
+def frontier_figure(rows: list[dict]) -> go.Figure:
+    labels = [r["format"] for r in rows]
+    fig = go.Figure([
+        go.Bar(name="measured by the frontier", x=labels, y=[r["measured_tok_s"] for r in rows],
+               marker_color=charts.PALETTE[0]),
+        go.Bar(name="predicted (cached efficiency)", x=labels, y=[r["predicted_tok_s"] for r in rows],
+               marker_color=charts.PALETTE[1]),
+        go.Bar(name="predicted (same-run efficiency)", x=labels,
+               y=[None if r["basis"] else r["same_run_tok_s"] for r in rows], marker_color=charts.PALETTE[2]),
+    ])
+    return charts.layout(fig, "Embedded model: predicted decode tok/s against the frontier's measurement", 380,
+                         barmode="group", yaxis_title="tok/s")
