@@ -31,7 +31,7 @@ class StubMeasure:
     def stop(self) -> bool:
         return self.stop_after is not None and len(self.calls) >= self.stop_after
 
-    def __call__(self, recipe, settings, *, with_quality, baseline_tokens, is_baseline, stop=None):
+    def __call__(self, recipe, settings, *, with_quality, baseline_tokens, is_baseline, stop=None, progress=None):
         self.calls.append((recipe.key(), with_quality, baseline_tokens is not None))
         fast = {"fp32": 10.0, "bf16": 12.0}[recipe.dtype] * (2 if recipe.prune.method == "layers" else 1)
         speed = {"decode_tok_s": fast, "ttft_ms": 100.0 / fast, "tpot_ms": 1000 / fast, "e2e_ms": 1.0,

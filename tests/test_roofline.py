@@ -108,3 +108,16 @@ def test_the_predictor_is_set_against_what_the_frontier_measured(roof):
     # Without a cached efficiency only the same-run prediction is made.
     alone = {r["dtype"]: r for r in roofline.against_frontier(rows, roof, None)}
     assert alone["q8_0"]["predicted_tok_s"] is None and alone["q8_0"]["same_run_tok_s"] is not None
+
+
+def test_an_efficiency_does_not_carry_from_float_kernels_to_int8_kernels(roof):
+    cached = {"runtimes": {"transformers": {"efficiency": 0.25, "dtype": "fp32"}}}
+    rows = [frontier_row("transformers", "fp32", 10.0), frontier_row("transformers", "int8", 10.0),
+            frontier_row("transformers", "bf16", 10.0)]
+    found = {r["dtype"]: r for r in roofline.against_frontier(rows, roof, cached)}
+    assert found["int8"]["predicted_tok_s"] is None and found["int8"]["same_run_tok_s"] is None
+    assert "int8 kernels" in found["int8"]["not_predicted"]
+    assert found["bf16"]["predicted_tok_s"] is not None and found["bf16"]["not_predicted"] is None
+    here = {r["dtype"]: r for r in predict.predict_here(predict.architecture(None), 20.0, 100.0,
+                                                         roofline.efficiencies(cached)) if r["runtime"] == "transformers"}
+    assert here["int8"]["expected_tok_s"] is None and here["fp16"]["expected_tok_s"] is not None

@@ -26,12 +26,10 @@ import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
-from importlib import metadata
 from pathlib import Path
 
-import psutil
-
 from . import store
+from .machine import cpu_model, library_versions, physical_cores
 from .progress import OnStep
 from .recipe import GenerationSettings, PruneSpec, Recipe, RecipeError
 
@@ -195,30 +193,13 @@ def check_grid(recipes: Iterable[Recipe]) -> tuple[list[Recipe], list[dict]]:
 
 def fingerprint() -> dict:
     """What makes figures of this machine comparable: CPU model, cores and the versions of the model libraries."""
-    libraries = {}
-    for name in LIBRARIES:
-        try:
-            libraries[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            libraries[name] = None
     return {"cpu": cpu_model(), "arch": platform.machine(), "logical_cores": os.cpu_count(),
-            "physical_cores": psutil.cpu_count(logical=False) or max(1, (os.cpu_count() or 2) // 2), "libraries": libraries}
+            "physical_cores": physical_cores(), "libraries": library_versions(LIBRARIES)}
 
 
 def fingerprint_id(print_: dict) -> str:
     canonical = json.dumps(print_, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what the platform says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def describe_machine(print_: dict) -> str:
@@ -282,16 +263,17 @@ def usable(record: dict | None, settings: SweepSettings) -> dict | None:
 
 # Measuring ------------------------------------------------------------------------------------------------
 
-Measure = Callable[..., dict]  # measure(recipe, settings, *, with_quality, baseline_tokens, is_baseline, stop)
+Measure = Callable[..., dict]  # measure(recipe, settings, *, with_quality, baseline_tokens, is_baseline, stop, progress)
 
 
 def measure_recipe(recipe: Recipe, settings: SweepSettings, *, with_quality: bool,
                    baseline_tokens: list[list[int]] | None, is_baseline: bool = False,
-                   stop: Callable[[], bool] | None = None) -> dict:
+                   stop: Callable[[], bool] | None = None, progress: Callable[[dict], None] | None = None) -> dict:
     """Build one recipe, time it (``bench.run_bench``), then (``with_quality``) measure its quality; free it.
 
     Returns ``{"speed": {...}, "model": stats, "quality": {...} or None}``. Raises ``bench.BenchStopped`` once
-    ``stop()`` is True (between requests and between quality steps).
+    ``stop()`` is True (between requests and between quality steps). ``progress`` gets
+    ``{"stage", "done", "of"}`` as the quality measures go (they take minutes where the timing takes seconds).
     """
     from . import bench, runtimes  # deferred: they load torch
 
@@ -299,7 +281,7 @@ def measure_recipe(recipe: Recipe, settings: SweepSettings, *, with_quality: boo
     try:
         generation = GenerationSettings(max_new_tokens=settings.max_new_tokens, ignore_eos=True)
         entry = bench.run_bench(recipe, generation, settings.runs, settings.warmup, model=model, stop=stop)
-        measured = quality_of(model, settings, baseline_tokens, is_baseline, stop) if with_quality else None
+        measured = quality_of(model, settings, baseline_tokens, is_baseline, stop, progress) if with_quality else None
         return {"speed": speed_of(entry), "model": entry["model"], "quality": measured}
     finally:
         model.close()
@@ -317,20 +299,24 @@ def speed_of(entry: dict) -> dict:
 
 
 def quality_of(model, settings: SweepSettings, baseline_tokens: list[list[int]] | None, is_baseline: bool = False,
-               stop: Callable[[], bool] | None = None) -> dict:
+               stop: Callable[[], bool] | None = None, progress: Callable[[dict], None] | None = None) -> dict:
     """Perplexity, QA accuracy (and whatever else ``quality.evaluate`` reports: intervals, ...), then agreement
     with the baseline's greedy tokens (None without them); the baseline keeps its tokens (``greedy_tokens``)."""
     from . import bench, quality  # deferred: they load torch
 
-    def check(i, total, metrics):
-        if stop is not None and stop():
-            raise bench.BenchStopped("sweep stopped")
+    def check(stage: str | None = None):
+        def step(i, total, metrics):
+            if stop is not None and stop():
+                raise bench.BenchStopped("sweep stopped")
+            if progress is not None:
+                progress({"stage": stage or metrics.get("stage", "quality"), "done": i, "of": total})
+        return step
 
     items = quality.load_qa()[: settings.qa_limit] if settings.qa_limit else None
-    report = quality.evaluate(model, None, max_tokens=settings.max_eval_tokens, qa=items, on_step=check)
+    report = quality.evaluate(model, None, max_tokens=settings.max_eval_tokens, qa=items, on_step=check())
     out = {k: v for k, v in report.items() if _small(v) and k not in ("agreement", "baseline")}
     prompts = quality.load_prompts()[: settings.agreement_prompts or None]
-    tokens = quality.greedy_tokens(model, prompts, settings.agreement_tokens, on_step=check)
+    tokens = quality.greedy_tokens(model, prompts, settings.agreement_tokens, on_step=check("agreement"))
     if is_baseline:
         out.update(agreement=1.0, agreement_ci=[1.0, 1.0], greedy_tokens=tokens)
     else:
@@ -362,7 +348,8 @@ def run_sweep(recipes: Iterable[Recipe], settings: SweepSettings = SweepSettings
         recipes: the grid (``load_grid``); those that cannot run here are skipped with the reason.
         settings: how each recipe is measured.
         on_step: progress ``(items done, items to do, metrics)``, an item being one round of one recipe; metrics
-            hold ``phase`` ("measuring" before an item, "measured" after it), ``label``, ``round`` and ``eta_s``.
+            hold ``phase`` ("measuring" before an item, "measured" after it), ``label``, ``round`` and ``eta_s``,
+            and while a recipe's quality is measured ``quality``: ``{"stage", "done", "of"}``.
         stop: polled before each item (and inside it); once True the sweep ends, keeping what finished.
         measure: ``measure_recipe`` by default (a test passes its own).
         fresh: measure everything again, ignoring stored results.
@@ -395,12 +382,14 @@ def run_sweep(recipes: Iterable[Recipe], settings: SweepSettings = SweepSettings
         with_quality = record["quality"] is None
         tokens = None if recipe.key() == baseline_key else (records[baseline_key]["quality"] or {}).get(
             "greedy_tokens")
-        _report(on_step, i, len(todo), {"phase": "measuring", "label": recipe.label(), "round": r + 1,
-                                        "eta_s": eta.remaining(todo[i:], records)})
+        now = {"phase": "measuring", "label": recipe.label(), "round": r + 1,
+               "eta_s": eta.remaining(todo[i:], records)}
+        _report(on_step, i, len(todo), now)
         began = time.perf_counter()
         try:
             result = measure(recipe, settings, with_quality=with_quality, baseline_tokens=tokens,
-                             is_baseline=recipe.key() == baseline_key, stop=stop)
+                             is_baseline=recipe.key() == baseline_key, stop=stop,
+                             progress=lambda q, i=i, now=now: _report(on_step, i, len(todo), {**now, "quality": q}))
         except BenchStopped:
             stopped = True
             break

@@ -36,10 +36,11 @@ _LOCK = threading.Lock()  # one measurement at a time in this process: two would
 
 
 def cpu_model() -> str:
-    """The CPU's marketing name (``/proc/cpuinfo`` on Linux, else what platform says)."""
+    """The CPU's marketing name (``/proc/cpuinfo`` on Linux: "model name", or "Hardware" on some ARM boards; else
+    what platform says)."""
     with suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
+            if line.lower().startswith(("model name", "hardware")):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine() or "unknown CPU"
 
@@ -55,15 +56,20 @@ def fingerprint() -> dict:
     """What makes a measurement this machine's: CPU model, cores, memory and the libraries that run models."""
     import psutil
 
+    return {"cpu": cpu_model(), "physical_cores": physical_cores(), "logical_cores": os.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 1e9), "machine": platform.machine(),
+            "python": platform.python_version(), "libraries": library_versions(LIBRARIES)}
+
+
+def library_versions(names) -> dict[str, str | None]:
+    """Installed version of each distribution named (None where it is not installed)."""
     versions = {}
-    for name in LIBRARIES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"cpu": cpu_model(), "physical_cores": physical_cores(), "logical_cores": os.cpu_count(),
-            "memory_gb": round(psutil.virtual_memory().total / 1e9), "machine": platform.machine(),
-            "python": platform.python_version(), "libraries": versions}
+    return versions
 
 
 def fingerprint_key(print_: dict) -> str:

@@ -360,10 +360,24 @@ def summary(arch: Architecture) -> dict:
     }
 
 
+# An efficiency measured on one format carries over to another only within a kernel family. PyTorch's float
+# matmuls are not its int8 / int4 kernels: dynamic int8 quantizes every activation at every token, and at batch 1
+# that work, not memory, sets its pace (measured on an AMD EPYC: fp32 at 27% of its bound, int8 at 6%). llama.cpp
+# runs every format through ggml's own kernels; one efficiency serves them all.
+KERNEL_FAMILIES = {"transformers": {"fp32": "float", "fp16": "float", "bf16": "float", "int8": "int8", "int4": "int4"}}
+
+
+def efficiency_carries(runtime: str, measured: str, fmt: str) -> bool:
+    """Whether the efficiency ``runtime`` reached on format ``measured`` predicts format ``fmt``."""
+    family = KERNEL_FAMILIES.get(runtime)
+    return family is None or family.get(measured) == family.get(fmt)
+
+
 def predict_here(arch: Architecture, bandwidth_gb_s: float, peak_gflops: float, efficiency: dict | None = None,
                  context: int = DEFAULT_CONTEXT, prompt: int = DEFAULT_PROMPT) -> list[dict]:
     """Per runtime and format on this machine: the decode bound, ``bound x efficiency`` where the runtime's
-    efficiency was measured here, and the prefill bound.
+    efficiency was measured here on a format of the same kernel family (``efficiency_carries``), and the prefill
+    bound.
 
     Args:
         efficiency: runtime -> ``{"efficiency": share of the bound reached, "dtype": the format measured}``.
@@ -373,10 +387,11 @@ def predict_here(arch: Architecture, bandwidth_gb_s: float, peak_gflops: float, 
         measured = (efficiency or {}).get(runtime)
         for fmt in formats:
             bound = decode_bound(arch, runtime, fmt, bandwidth_gb_s, context)
-            share = measured.get("efficiency") if measured else None
+            carries = bool(measured) and efficiency_carries(runtime, measured.get("dtype"), fmt)
+            share = measured.get("efficiency") if carries else None
             rows.append({"runtime": runtime, "dtype": fmt, "bound_tok_s": bound,
                          "expected_tok_s": bound * share if share else None, "efficiency": share,
-                         "efficiency_from": measured.get("dtype") if measured else None,
+                         "efficiency_from": measured.get("dtype") if carries else None,
                          "prefill_bound_ms": prefill_bound_ms(arch, runtime, fmt, peak_gflops, bandwidth_gb_s, prompt)})
     return rows
 

@@ -190,9 +190,12 @@ def against_frontier(rows: list[dict], roof: dict, report: dict | None, model: s
     for row in chosen:
         runtime, dtype = row["recipe"]["runtime"], row["recipe"]["dtype"]
         bound = _bound(arch, row, roof)
-        share = cached.get(runtime, {}).get("efficiency")
+        measured_on = cached.get(runtime, {}).get("dtype")
+        share = cached.get(runtime, {}).get("efficiency") if predict.efficiency_carries(runtime, measured_on,
+                                                                                        dtype) else None
         predicted = bound * share if share else None
-        same = bound * same_run[runtime] if runtime in same_run else None
+        carries = predict.efficiency_carries(runtime, basis_formats.get(runtime), dtype)
+        same = bound * same_run[runtime] if runtime in same_run and carries else None
         measured = row["decode_tok_s"]
         error = (predicted - measured) / measured if predicted and measured else None
         backend = row["recipe"].get("backend")
@@ -200,7 +203,10 @@ def against_frontier(rows: list[dict], roof: dict, report: dict | None, model: s
         out.append({"label": row["label"], "format": name, "runtime": runtime, "dtype": dtype, "bound_tok_s": bound,
                     "measured_tok_s": measured, "predicted_tok_s": predicted, "relative_error": error,
                     "within_25pct": None if error is None else abs(error) <= 0.25,
-                    "efficiency_from": cached.get(runtime, {}).get("dtype"),
+                    "efficiency_from": measured_on if share else None,
+                    "not_predicted": None if carries else (
+                        f"no efficiency is measured for {runtime}'s {dtype} kernels, and "
+                        f"{basis_formats.get(runtime)}'s does not carry over to them"),
                     "same_run_tok_s": same, "same_run_error": (same - measured) / measured
                     if same and measured else None, "basis": basis_formats.get(runtime) == dtype})
     return out

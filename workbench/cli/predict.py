@@ -128,9 +128,10 @@ def frontier_lines(rows: list[dict] | None) -> list[str]:
             "basis" if r["basis"] else figure(r["same_run_tok_s"], 1))
         same_error = "-" if r["same_run_error"] is None or r["basis"] else f"{r['same_run_error']:+.0%}"
         table.append((r["format"], figure(r["measured_tok_s"], 1), predicted, error, same, same_error))
+    notes = [f"{r['format']}: not predicted: {r['not_predicted']}" for r in rows if r.get("not_predicted")]
     return ["", "against the frontier measured here (default sweep settings): predicted = bound x the efficiency "
                 "cached for the runtime (another run); same-run = bound x the efficiency of the sweep's own row of "
-                "the runtime's basis format", output.columns(table)]
+                "the runtime's basis format", output.columns(table), *notes]
 
 
 def text(report: dict) -> str:

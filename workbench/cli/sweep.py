@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from .. import frontier
 from ..formats import human_bytes
@@ -85,10 +86,21 @@ def _fail(message: str) -> int:
     return 2
 
 
+QUALITY_EVERY_S = 15.0  # a quality line at most this often: QA and agreement take minutes per recipe
+_last_quality = [0.0]
+
+
 def _progress(i: int, total: int, metrics: dict) -> None:
     eta = metrics.get("eta_s")
     left = f", about {eta / 60:.1f} min left" if eta is not None else ""
-    if metrics.get("phase") == "measuring":
+    if metrics.get("quality"):
+        q = metrics["quality"]
+        if time.monotonic() - _last_quality[0] >= QUALITY_EVERY_S:
+            _last_quality[0] = time.monotonic()
+            print(f"[{i + 1}/{total}] {metrics['label']}: quality, {q['stage']} {q['done']}/{q['of']}",
+                  file=sys.stderr, flush=True)
+    elif metrics.get("phase") == "measuring":
+        _last_quality[0] = time.monotonic()
         print(f"[{i + 1}/{total}] round {metrics['round']}: {metrics['label']}{left}", file=sys.stderr, flush=True)
     elif metrics.get("decode_tok_s") is not None:
         print(f"[{i}/{total}] {metrics['label']}: {metrics['decode_tok_s']:.1f} tok/s", file=sys.stderr, flush=True)

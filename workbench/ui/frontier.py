@@ -141,6 +141,9 @@ def sweep_progress(job: jobs.Job) -> None:
     if m.get("label"):
         verb = "measuring" if m.get("phase") == "measuring" else "last"
         text += f" · {verb}: {short(m['label'])} (round {m.get('round')})"
+        if m.get("quality"):
+            q = m["quality"]
+            text += f" · quality: {q['stage']} {q['done']}/{q['of']}"
     if m.get("eta_s") is not None:
         text += f" · about {m['eta_s'] / 60:.1f} min left"
     st.progress(job.fraction, text=text)

@@ -215,6 +215,9 @@ def frontier_check(roof: dict, report: dict | None) -> None:
         "Same-run error": None if r["basis"] or r["same_run_error"] is None else f"{r['same_run_error']:+.0%}",
         "Bound tok/s": round(r["bound_tok_s"], 1)} for r in rows])
     st.dataframe(table, hide_index=True)
+    for r in rows:
+        if r.get("not_predicted"):
+            st.caption(f"{r['format']}: not predicted — {r['not_predicted']}.")
     st.caption("Predicted = the bound × the runtime's efficiency cached above (measured in another run, so machine "
                "drift between the runs counts against it). Same-run = the bound × the efficiency the sweep's own row "
                f"of the runtime's basis format ({', '.join(f'{r} {d}' for r, d in roofline.EFFICIENCY_RECIPES)}) "
