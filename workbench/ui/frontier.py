@@ -4,6 +4,7 @@ chart with its Pareto frontier, the "fastest within N points" sentence, and load
 from __future__ import annotations
 
 import functools
+import math
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -206,18 +207,41 @@ def figure(rows: list[dict], front: list[dict], axis: str) -> go.Figure:
                        arrayminus=[(r[f"{axis}_points"] - e[0]) if e else 0 for e, r in zip(errors, points)])
     fig.add_trace(go.Scatter(
         x=[r["speedup"] for r in points], y=[r[f"{axis}_points"] for r in points], mode="markers+text",
-        text=[short(r["label"]) for r in points], textposition="top center", customdata=[r["key"] for r in points],
+        text=[point_label(r["label"]) for r in points], textposition=label_positions(points, axis),
+        customdata=[r["key"] for r in points], hovertext=[short(r["label"]) for r in points],
         marker=dict(size=11, color=[FRONTIER_COLOUR if r["key"] in {f["key"] for f in front} else POINT_COLOUR
                                     for r in points]),
         error_y=error_y, name="recipes",
-        hovertemplate="%{text}<br>%{x:.2f}× the baseline's decode tok/s<br>%{y:.1f} points<extra></extra>"))
+        hovertemplate="%{hovertext}<br>%{x:.2f}× the baseline's decode tok/s<br>%{y:.1f} points<extra></extra>"))
     fig.add_trace(go.Scatter(x=[f["speedup"] for f in front], y=[f["quality_points"] for f in front],
                              mode="lines", line=dict(color=FRONTIER_COLOUR, width=2, shape="hv"),
                              name="Pareto frontier", hoverinfo="skip"))
-    fig.update_layout(xaxis_title="speed-up over the baseline (decode tok/s)",
+    fig.update_layout(xaxis=dict(title="speed-up over the baseline (decode tok/s, log scale)", type="log"),
                       yaxis_title=f"{frontier.QUALITY_AXES[axis]} (points)", height=460,
                       margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=1.08))
     return fig
+
+
+def point_label(label: str) -> str:
+    """A chart point's label: the recipe without its model, device and thread count (the hover has them)."""
+    parts = short(label).split(" · ")
+    kept = [p for p in parts[1:] if not p.endswith((" threads", " thread"))] if len(parts) > 1 else parts
+    return " · ".join(kept) or short(label)
+
+
+def label_positions(points: list[dict], axis: str) -> list[str]:
+    """Beside a point, clear of its interval's bar: to the right, or to the left where the next point (by
+    speed-up) is near at a similar level, and for the fastest point (its label would leave the chart)."""
+    near = 0.12  # of a decade on the log axis
+    order = sorted(range(len(points)), key=lambda i: points[i]["speedup"])
+    where = ["middle right"] * len(points)
+    for prev, i in zip(order, order[1:]):
+        close = abs(math.log10(points[i]["speedup"] / points[prev]["speedup"])) < near
+        if close and abs(points[i][f"{axis}_points"] - points[prev][f"{axis}_points"]) < 8:
+            where[prev] = "middle left"
+    if order:
+        where[order[-1]] = "middle left"
+    return where
 
 
 def table_rows(rows: list[dict], front: list[dict]) -> list[dict]:
@@ -228,7 +252,7 @@ def table_rows(rows: list[dict], front: list[dict]) -> list[dict]:
 
     return [{"recipe": short(r["label"]), "frontier": r["key"] in on, "speed-up": num(r["speedup"], 2),
              "decode tok/s": num(r["decode_tok_s"]), "TTFT ms": num(r["ttft_ms"], 0),
-             "weights MB": num((r["weight_bytes"] or 0) / 2**20) if r["weight_bytes"] else None,
+             "weights MB": num((r["weight_bytes"] or 0) / 1e6) if r["weight_bytes"] else None,
              "peak RSS MB": num(r["peak_rss_mb"], 0), "perplexity": num(r["perplexity"], 2),
              "QA %": num(r["qa_points"], 0), "QA 95% interval": _interval(r, "qa"),
              "agreement %": num(r["agreement_points"], 0), "agreement 95% interval": _interval(r, "agreement"),
