@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("optimize", ("workbench.optimize",)),
     ("runtimes", ("workbench.runtimes",)),
     ("serving", ("workbench.serving",)),
+    ("export", ("workbench.export",)),
     ("measurement", ("workbench.quality", "workbench.bench", "workbench.machine", "workbench.predict",
                      "workbench.roofline", "workbench.profile", "workbench.frontier")),
     ("response cache", ("workbench.response_cache",)),
