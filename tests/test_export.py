@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -281,6 +283,7 @@ def check_modelfile(text: str, tokenizer, tmp_path: Path, gguf_name: str) -> dic
     stops = [v for k, v in commands if k == "PARAMETER stop"]
     assert "<|im_end|>" in stops and all(tokenizer.convert_tokens_to_ids(s) is not None for s in stops)
     assert int(values["PARAMETER num_ctx"]) > 0 and values["PARAMETER temperature"] == "0"
+    assert values["PARAMETER repeat_penalty"] == "1"
     for messages in (TWO_TURNS, WITH_SYSTEM):
         expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         assert export.chatml(messages, values.get("SYSTEM")) == expected
@@ -350,6 +353,34 @@ def test_all_formats_of_a_transformers_recipe(tiny_model_dir, tmp_path):
     assert {"model.safetensors", "tiny-all.gguf", "Modelfile"} <= set(result.files)
     assert any("llama.cpp's q8_0 of the same float weights" in note for note in result.notes)
     assert {"vllm", "tgi", "llama-server", "ollama-create"} <= set(result.commands)
+
+
+@llama_cpp_missing
+def test_the_printed_llama_cpp_python_command_serves_the_export_with_its_chat_template(tiny_model_dir, tmp_path):
+    """The export's own command line (on a free port) starts llama-cpp-python's OpenAI-compatible server, which
+    answers the openai client and counts the prompt's tokens as the model's chat template makes them."""
+    for module in ("openai", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings"):
+        pytest.importorskip(module)
+    import openai
+    from processes import fetch, free_port, stop, wait_for
+    from transformers import AutoTokenizer
+
+    recipe = runtimes.check(Recipe(model=str(tiny_model_dir), runtime="llama.cpp", device="cpu", dtype="q8_0"))
+    result = export.export_recipe(recipe, tmp_path / "out", name="tiny-served")
+    argv = shlex.split(result.commands["llama-cpp-python"])
+    port = free_port()
+    argv[0], argv[argv.index("--port") + 1] = sys.executable, str(port)
+    assert argv[1:3] == ["-m", "llama_cpp.server"] and argv[argv.index("--host") + 1] == "127.0.0.1"
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: "data" in fetch(f"http://127.0.0.1:{port}/v1/models"), 120, "the server answers", proc)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=60, max_retries=0)
+        answer = client.chat.completions.create(model="tiny-served", messages=TWO_TURNS, max_tokens=6, temperature=0)
+    finally:
+        stop(proc)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompt = tokenizer.apply_chat_template(TWO_TURNS, add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert answer.usage.prompt_tokens == len(prompt) and answer.usage.completion_tokens >= 1
 
 
 @pytest.mark.slow

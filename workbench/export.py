@@ -411,7 +411,9 @@ def _gguf_commands(recipe: Recipe, source: Recipe, target: Path, gguf_name: str,
         "bench-llama-cpp-python": f"workbench bench --model http://{reach}:{PORTS['llama-cpp-python']}/v1",
         "bench-ollama": f"workbench bench --model http://{reach}:{PORTS['ollama']}/v1 --remote-model {name}",
     }
-    notes = [f"-t {source.threads} is the threads measured here (one per physical core of this machine); on "
+    notes = ["llama-cpp-python's server applies a repeat penalty of 1.1 unless a request sets \"repeat_penalty\": 1.0; "
+             "with it, its greedy answers are the tokens measured here (llama-server's default is already 1.0)",
+             f"-t {source.threads} is the threads measured here (one per physical core of this machine); on "
              "another machine give it that machine's physical cores"]
     if recipe.runtime != "llama.cpp":
         notes.append(f"the GGUF file is llama.cpp's {source.dtype} of the same float weights, made by llama.cpp's "
@@ -430,16 +432,51 @@ def _channel_multiple() -> int:
     return llamacpp.CHANNEL_MULTIPLE
 
 
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}  # GGUFValueType
+
+
 def gguf_context_length(path: Path) -> int | None:
-    """The context length a GGUF file was trained for (``<arch>.context_length``), or None."""
-    import gguf
+    """The context length a GGUF file was trained for (``<arch>.context_length``), or None.
+
+    Read from the header's key-value pairs alone: the ``gguf`` package's reader decodes every token string of the
+    vocabulary first (seconds for SmolLM2's 49k tokens and merges).
+    """
+    import struct
+
+    def read(fmt: str):
+        return struct.unpack("<" + fmt, f.read(struct.calcsize(fmt)))[0]
+
+    def string() -> bytes:
+        return f.read(read("Q"))
+
+    def value(kind: int):
+        if kind == 8:
+            return string()
+        if kind == 9:
+            item, count = read("I"), read("Q")
+            if item in _SCALARS:
+                f.seek(count * struct.calcsize(_SCALARS[item]), os.SEEK_CUR)
+            else:
+                for _ in range(count):
+                    value(item)
+            return None
+        return read(_SCALARS[kind])
 
     try:
-        reader = gguf.GGUFReader(str(path))
-        arch = reader.fields["general.architecture"].contents()
-        return int(reader.fields[f"{arch}.context_length"].contents())
-    except (OSError, ValueError, KeyError, IndexError):
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF" or read("I") < 2:
+                return None
+            read("Q")  # tensors
+            found = {}
+            for _ in range(read("Q")):
+                key = string().decode()
+                found[key] = value(read("I"))
+                arch = found.get("general.architecture")
+                if arch is not None and f"{arch.decode()}.context_length" in found:
+                    return int(found[f"{arch.decode()}.context_length"])
+    except (OSError, struct.error, KeyError, UnicodeDecodeError, ValueError):
         return None
+    return None
 
 
 def link_or_copy(source: Path, target: Path) -> None:
@@ -514,8 +551,8 @@ def ollama_modelfile(gguf_name: str, tokenizer, eos_ids, context: int, *, commen
         stops = stop_strings(tokenizer, eos_ids)
     lines += [f'PARAMETER stop "{s}"' for s in dict.fromkeys(stops)]
     lines.append(f"PARAMETER num_ctx {context}")
-    lines.append("# the recipe's quality was measured with greedy decoding")
-    lines.append("PARAMETER temperature 0")
+    lines.append("# the recipe was measured greedy, without a repeat penalty (Ollama's default is 1.1)")
+    lines += ["PARAMETER temperature 0", "PARAMETER repeat_penalty 1"]
     return "\n".join(lines) + "\n", notes
 
 
