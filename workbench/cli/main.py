@@ -15,6 +15,7 @@ import traceback
 from ..loading import ModelSourceError
 from ..recipe import RecipeError
 from ..store import StoreError, os_error
+from . import export as export_cli
 from . import output
 from . import predict as predict_cli
 from . import profile as profile_cli
@@ -22,7 +23,7 @@ from . import sweep as sweep_cli
 from .parser import PROG, Failed, UsageError, build_parser
 
 # Subcommands in modules of their own: each gives add_parser(commands) and run(args).
-MODULES = {"predict": predict_cli, "profile": profile_cli, "sweep": sweep_cli}
+MODULES = {"export": export_cli, "predict": predict_cli, "profile": profile_cli, "sweep": sweep_cli}
 
 MAX_MESSAGE = 400  # characters of an unforeseen error's message shown (a prompt can be quoted in one)
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

@@ -45,6 +45,9 @@ SEAM_EXCEPTIONS = {
     "workbench.response_cache.embedder": ("torch", "transformers"),
     # TensorBoard scalars are written with torch's SummaryWriter (an optional extra).
     "workbench.observe.tensorboard": ("torch",),
+    # Export builds the recipe's float model and reuses the llama.cpp runtime's GGUF file, to write them for other
+    # servers: what it writes is the runtimes' own artifacts, not a model it runs.
+    "workbench.export": ("workbench.runtimes.llamacpp", "workbench.optimize.pipeline"),
 }
 UI_ONLY = "streamlit"
 
