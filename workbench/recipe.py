@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field, replace
+from urllib.parse import urlsplit
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-RUNTIMES = ("transformers", "llama.cpp")  # what runs the model: PyTorch modules through transformers, or GGUF files
+# What runs the model: PyTorch modules through transformers, GGUF files in llama.cpp, or an OpenAI-compatible server.
+RUNTIMES = ("transformers", "llama.cpp", "remote")
+REMOTE = "remote"
+REMOTE_DTYPE = "shipped"  # a server runs its own weights, as it has them
+URL_SCHEMES = ("http://", "https://")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 FLOAT_DTYPES = ("fp32", "fp16", "bf16")
 TRANSFORMERS_DTYPES = (*FLOAT_DTYPES, "int8", "int4", "nf4", "fp4")
 # llama.cpp's formats, quantized by llama.cpp's own quantizer; "shipped" runs a .gguf source exactly as it is.
@@ -70,8 +77,8 @@ class Recipe:
     used, so that "auto" on two machines never shares artifacts or metrics rows.
     """
 
-    model: str = EMBEDDED  # "embedded", a hub id, a local directory or a .gguf file
-    runtime: str = "transformers"  # one of RUNTIMES
+    model: str = EMBEDDED  # "embedded", a hub id, a local directory, a .gguf file or a server's http(s)://…/v1 URL
+    runtime: str = "transformers"  # one of RUNTIMES; a URL model means "remote"
     device: str = "auto"
     dtype: str = "fp32"  # float cast or quantized weight format (what each runtime runs: *_DTYPES)
     backend: str = "auto"  # the library that runs dtype; resolved by the runtime's check
@@ -79,11 +86,22 @@ class Recipe:
     variant: str = "none"  # distilled variant: "none", a catalog name or a student built here
     batch_size: int = 1  # how many concurrent requests the worker may run together
     threads: int = 0  # llama.cpp's threads; 0 = one per physical core (resolved before the key)
+    remote_model: str = ""  # the server's model name; "" = the first the server lists (resolved before the key)
+    # The environment variable holding the server's API key: only its name is ever kept (never in the key).
+    api_key_env: str = ""
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model.strip():
-            raise RecipeError("model", "model must be 'embedded', a hub id, a local directory or a .gguf file")
+            raise RecipeError("model", "model must be 'embedded', a hub id, a local directory, a .gguf file or a "
+                                       "server URL http(s)://HOST:PORT/v1")
         object.__setattr__(self, "model", self.model.strip())
+        if is_url(self.model) or self.runtime == REMOTE:
+            self._check_remote()
+            return
+        if self.remote_model or self.api_key_env:
+            flag = "remote-model" if self.remote_model else "api-key-env"
+            raise RecipeError(flag, f"--{flag} is for a server's model (--model http(s)://HOST:PORT/v1); "
+                                    f"{model_label(self.model)} runs here")
         if self.device not in DEVICES:
             raise RecipeError("device", f"unknown device {self.device!r}; allowed: {', '.join(DEVICES)}")
         if self.runtime not in RUNTIMES:
@@ -107,8 +125,49 @@ class Recipe:
             raise RecipeError("threads", f"threads must be an integer from 0 (one per physical core) to 1024, "
                                          f"got {self.threads!r}")
 
+    def _check_remote(self) -> None:
+        """A server's recipe: its URL normalized (``/v1`` when it has no path), runtime "remote", and none of the
+        fields that build a model here, which a server decides for itself."""
+        if self.runtime not in ("transformers", REMOTE):  # transformers: the default, which a URL overrides
+            raise RecipeError("runtime", f"a server URL is measured by --runtime {REMOTE} (or no --runtime); "
+                                         f"{self.runtime} runs a model here")
+        object.__setattr__(self, "runtime", REMOTE)
+        object.__setattr__(self, "model", server_url(self.model))
+        if self.dtype not in ("fp32", REMOTE_DTYPE):  # fp32: the default
+            raise RecipeError("dtype", f"a server runs its own weights; leave --dtype out (a server's recipe is "
+                                       f"--dtype {REMOTE_DTYPE}), got {self.dtype!r}")
+        object.__setattr__(self, "dtype", REMOTE_DTYPE)
+        if self.backend not in ("auto", REMOTE):
+            raise RecipeError("backend", f"a server runs its own kernels; leave --backend out, got {self.backend!r}")
+        object.__setattr__(self, "backend", REMOTE)
+        if self.device != "auto":
+            raise RecipeError("device", "a server runs on its own devices; leave --device out (auto)")
+        if isinstance(self.prune, dict):
+            object.__setattr__(self, "prune", PruneSpec(**self.prune))
+        if self.prune.method != "none":
+            raise RecipeError("prune-method", "a server's weights cannot be pruned from here; leave --prune-method "
+                                              "out (prune a local model and serve it with workbench serve)")
+        if self.variant != "none":
+            raise RecipeError("variant", "a server serves its own model; leave --variant out (name the model with "
+                                         "--remote-model)")
+        check_batch_size(self.batch_size)
+        if self.threads:
+            raise RecipeError("threads", "--threads sets llama.cpp's threads here; a server sets its own")
+        if not isinstance(self.remote_model, str):
+            raise RecipeError("remote-model", "the server's model name must be text")
+        object.__setattr__(self, "remote_model", self.remote_model.strip())
+        if not isinstance(self.api_key_env, str) or (self.api_key_env and not ENV_NAME.fullmatch(self.api_key_env)):
+            raise RecipeError("api-key-env", "give the name of the environment variable that holds the key (e.g. "
+                                             "OPENAI_API_KEY), not the key itself")
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as plain JSON values; a recipe run here leaves out the server fields (always empty for it), so
+        that its dict (recipe.json, history rows) is what it was before servers were recipes."""
+        data = asdict(self)
+        if self.runtime != REMOTE:
+            for name in REMOTE_FIELDS:
+                del data[name]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "Recipe":
@@ -122,13 +181,17 @@ class Recipe:
         Fields that joined the recipe later (``KEY_DEFAULTS``) are left out while they hold their default, so
         that every artifact, cached answer and history row written before they existed keeps its key.
         """
-        data = {k: v for k, v in self.to_dict().items() if KEY_DEFAULTS.get(k, object()) != v}
+        data = {k: v for k, v in self.to_dict().items()
+                if KEY_DEFAULTS.get(k, object()) != v and k not in NOT_IN_KEY}
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def baseline(self) -> "Recipe":
         """Same model and device under transformers, no pruning, no variant, in the device's working precision
-        (fp16 on CUDA): what every recipe is measured against."""
+        (fp16 on CUDA): what every recipe is measured against. A server's recipe is its own baseline (nothing of
+        it is built here)."""
+        if self.runtime == REMOTE:
+            return self
         return replace(self, runtime="transformers", threads=0, dtype=working_precision(self.device),
                        backend="torch", prune=PruneSpec(), variant="none")
 
@@ -137,6 +200,10 @@ class Recipe:
 
     def label(self) -> str:
         """Short human-readable description, e.g. 'embedded · cpu · bf16'."""
+        if self.runtime == REMOTE:
+            where = urlsplit(self.model)
+            parts = [f"{self.remote_model or 'first model'} at {where.netloc}{where.path}", REMOTE]
+            return " · ".join(parts + ([f"batch {self.batch_size}"] if self.batch_size != 1 else []))
         parts = [model_label(self.model), self.device, self.dtype]
         if self.backend not in ("auto", "torch"):
             parts.append(self.backend)
@@ -152,7 +219,38 @@ class Recipe:
         return " · ".join(parts)
 
 
-KEY_DEFAULTS = {"runtime": "transformers", "threads": 0}
+KEY_DEFAULTS = {"runtime": "transformers", "threads": 0, "remote_model": "", "api_key_env": ""}
+REMOTE_FIELDS = ("remote_model", "api_key_env")  # a server's recipe only
+# The variable a key is read from does not change an answer: the endpoint and the model name do (cache, history).
+NOT_IN_KEY = ("api_key_env",)
+
+
+def is_url(model: str) -> bool:
+    """Whether a model field names a server (``http://`` or ``https://``)."""
+    return isinstance(model, str) and model.strip().lower().startswith(URL_SCHEMES)
+
+
+def server_url(model: str) -> str:
+    """A server's base URL as the recipe keeps it: scheme and host lower-case, no trailing slash, ``/v1`` when no
+    path is given. RecipeError (``--model``) for what cannot be one; the error never repeats credentials."""
+    try:
+        parts = urlsplit(model.strip())
+        port = parts.port
+    except ValueError:
+        raise RecipeError("model", "not a server URL: give http(s)://HOST:PORT/v1") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise RecipeError("model", "not a server URL: give http(s)://HOST:PORT/v1")
+    if parts.username or parts.password:
+        raise RecipeError("model", "a server URL must not hold credentials; put the key in an environment "
+                                   "variable and name it with --api-key-env")
+    if parts.query or parts.fragment:
+        raise RecipeError("model", "a server URL takes no query or fragment: give http(s)://HOST:PORT/v1 "
+                                   "(an API key goes in an environment variable named by --api-key-env)")
+    host = parts.hostname.lower()
+    host = f"[{host}]" if ":" in host else host
+    netloc = host if port is None else f"{host}:{port}"
+    path = parts.path.rstrip("/") or "/v1"
+    return f"{parts.scheme.lower()}://{netloc}{path}"
 
 
 def working_precision(device: str) -> str:
@@ -197,6 +295,8 @@ class GenerationSettings:
 
 
 def model_label(model: str) -> str:
+    if is_url(model):
+        return model
     if model == EMBEDDED:
         return "SmolLM2-135M-Instruct (embedded)"
     return model.rstrip("/").rsplit("/", 1)[-1] if model.startswith(("/", ".", "~")) else model

@@ -103,6 +103,9 @@ class _Row:
         self.times: list[float] = []
         self.open = True
         self.batch_size = 1  # requests that ran together with this one (the largest seen, for "continuous")
+        # What a server said about the answer beside its text (a remote runtime's ``Served``: token counts, finish
+        # reason, network split), set when its stream starts; such a row ends when the runtime is done with it.
+        self.served = None
 
     @property
     def prompt_ids(self) -> list[int]:
@@ -125,7 +128,11 @@ class _Row:
         self.request._events.put((token_id, t))
 
     def complete(self, eos: frozenset[int]) -> bool:
-        """Whether this row has what it asked for (its own token budget, or EOS) or was stopped."""
+        """Whether this row has what it asked for (its own token budget, or EOS) or was stopped. A row a server
+        answers ends with its stream (the runtime returns, or reports it finished; a stopped row's stream closes
+        at its next chunk), never by counting chunks: the usage report and timings come after the last text."""
+        if self.served is not None:
+            return False
         return self.request.cancelled.is_set() or answer_complete(self.ids, self.settings, eos)
 
 
@@ -325,7 +332,7 @@ class Engine:
             return
         row.open = False
         request = row.request
-        result = self._result(request, row.ids, row.times, error, row.batch_size)
+        result = self._result(request, row.ids, row.times, error, row.batch_size, row.served)
         if self.history is not None and request.record:
             self._record(request, result)  # before done: queued for the history's writer, whose readers wait for it
         request._result = result
@@ -333,10 +340,14 @@ class Engine:
         request.done.set()
 
     def _result(self, request: Request, ids: list[int], times: list[float], error: str | None,
-                batch_size: int = 1) -> GenerationResult:
+                batch_size: int = 1, served=None) -> GenerationResult:
         eos = self._eos
+        if served is not None:
+            error = served.error or error  # the server's own words for what went wrong with this row
         if error:
             reason = "error"
+        elif served is not None and served.finish_reason and not request.cancelled.is_set():
+            reason = served.finish_reason
         elif request.cancelled.is_set() and len(ids) < request.settings.max_new_tokens and not (ids and ids[-1] in eos):
             reason = "stopped"
         elif ids and ids[-1] in eos and not request.settings.ignore_eos:
@@ -345,8 +356,8 @@ class Engine:
             reason = "length"
         return GenerationResult(
             text=self._decode(ids),
-            prompt_tokens=len(request.prompt_ids),
-            new_tokens=len(ids),
+            prompt_tokens=len(request.prompt_ids) if served is None else served.prompt_tokens,
+            new_tokens=len(ids) if served is None or served.per_chunk else served.completion_tokens,
             token_times=list(times),
             ttft_s=times[0] if times else None,
             e2e_s=times[-1] if times else None,
@@ -356,6 +367,9 @@ class Engine:
             error=error,
             token_ids=list(ids),
             batch_size=batch_size,
+            network=None if served is None else dict(served.network),
+            per_chunk=served is not None and served.per_chunk,
+            cut=served is not None and served.cut,
         )
 
     def _record(self, request: Request, result: GenerationResult) -> None:

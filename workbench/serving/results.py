@@ -24,7 +24,7 @@ class GenerationResult(LatencyFigures):
     text: str
     prompt_tokens: int
     new_tokens: int
-    token_times: list[float]  # seconds since request start, one per generated token
+    token_times: list[float]  # seconds since request start, one per generated token (a server's: one per chunk)
     ttft_s: float | None
     e2e_s: float | None
     queue_s: float
@@ -34,6 +34,11 @@ class GenerationResult(LatencyFigures):
     error: str | None = None
     token_ids: list[int] = field(default_factory=list)
     batch_size: int = 1  # how many requests ran together in the generate call that produced this one
+    # An answer from a remote server: its network split (runtimes.remote: connect_ms, headers_ms, server_ms,
+    # network_ms, ...); None for a model run here.
+    network: dict | None = None
+    per_chunk: bool = False  # new_tokens counts streamed chunks (the server gave no usage report): TPOT is per chunk
+    cut: bool = False  # the server's stream ended mid-answer: text and figures are those of the partial answer
 
     def metrics(self) -> dict:
         ms = lambda s: None if s is None else round(s * 1000, 3)  # noqa: E731
@@ -48,6 +53,8 @@ class GenerationResult(LatencyFigures):
             "cache": self.cache,
             "finish_reason": self.finish_reason,
             "batch_size": self.batch_size,
+            **({} if self.network is None else {"network": dict(self.network), "per_chunk": self.per_chunk,
+                                                "cut": self.cut}),
         }
 
 
