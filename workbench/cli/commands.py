@@ -22,8 +22,8 @@ from ..observe.history import HistoryStore
 from ..observe.prometheus import HistoryFollower, PrometheusExporter
 from ..optimize import distill as distillation
 from ..optimize.variants import student_key, student_name
-from ..recipe import (DEFAULT_STUDENT_STEPS, GenerationSettings, PruneSpec, Recipe, RecipeError, StudentSpec,
-                      check_batch_size)
+from ..recipe import (DEFAULT_STUDENT_STEPS, REMOTE, GenerationSettings, PruneSpec, Recipe, RecipeError, StudentSpec,
+                      check_batch_size, is_url)
 from ..response_cache.answers import CachedAnswers, ReplayRequest
 from ..response_cache.disk import ResponseCache
 from ..response_cache.keys import DEFAULT_THRESHOLD, CachePolicy
@@ -39,7 +39,13 @@ from .parser import (MODEL_SOURCES, PROG, STUDENT_FLAGS, Failed, UsageError, def
 
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
-    """The Recipe the flags describe (device not yet resolved); raises RecipeError naming the flag."""
+    """The Recipe the flags describe (device not yet resolved); raises RecipeError naming the flag.
+
+    ``--remote-model`` and ``--api-key-env`` belong to a server's recipe; ``workbench serve`` has an
+    ``--api-key-env`` of its own (the key its clients send), which is not the recipe's.
+    """
+    remote = is_url(args.model) or args.runtime == REMOTE
+    key_env = getattr(args, "api_key_env", None) if remote or args.command != "serve" else None
     return Recipe(
         model=args.model,
         runtime=args.runtime,
@@ -50,6 +56,8 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
         variant=args.variant,
         batch_size=args.batch_size,
         threads=args.threads,
+        remote_model=getattr(args, "remote_model", "") or "",
+        api_key_env=key_env or "",
     )
 
 
@@ -85,6 +93,8 @@ def check_buildable(recipe: Recipe) -> Recipe:
     """
     resolved = runtimes.check(recipe)
     check_batch_size(resolved.batch_size)
+    if resolved.runtime == REMOTE:
+        return resolved  # the server was asked for its models by the check
     try:
         loading.resolve_source(resolved.model)
     except loading.ModelSourceError as exc:
@@ -140,11 +150,35 @@ def cmd_generate(args: argparse.Namespace) -> int:
         engine.close()
         model.close()
     said_problem(store)  # this answer's row may not have been written
-    if result.error:
+    if result.error and not result.cut:
         raise Failed(f"generation failed: {result.error}")
-    print(json.dumps(output.generate_report(model, settings, result), indent=2) if args.json
-          else f"\n[{output.metrics_line(result, model.stats.backend)}]")
+    report = output.generate_report(model, settings, result)  # a server's answer carries its network split
+    if result.cut:
+        report["error"] = result.error
+    print(json.dumps(report, indent=2) if args.json else f"\n[{output.metrics_line(result, model.stats.backend)}]"
+          + network_text(result))
+    if result.cut:  # the partial answer and its figures are printed above, marked as cut
+        raise Failed(f"generation failed: {result.error}")
     return 0
+
+
+def network_text(result) -> str:
+    """The network split of a server's answer as one more human line ("" for a model run here)."""
+    net = result.network
+    if net is None:
+        return ""
+    ms = lambda key: "n/a" if net.get(key) is None else f"{net[key]:.1f} ms"  # noqa: E731
+    parts = [f"connect {ms('connect_ms')}{' (kept)' if net.get('reused_connection') else ''}",
+             f"headers {ms('headers_ms')}", f"first chunk {ms('first_chunk_ms')}"]
+    if net.get("server_ms") is None:
+        parts.append("the server reports no timings")
+    else:
+        parts += [f"server {ms('server_ms')} (prefill {ms('server_prefill_ms')})", f"network {ms('network_ms')}"]
+    if result.per_chunk:
+        parts.append(f"{net.get('chunks', result.new_tokens)} chunks counted as tokens (no usage report)")
+    if result.cut:
+        parts.append("CUT mid-answer")
+    return "\n[network: " + " · ".join(parts) + "]"
 
 
 def _cached_answers(args: argparse.Namespace, settings: GenerationSettings) -> CachedAnswers:
@@ -189,6 +223,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """``workbench bench``: measure the recipe at each batch size; print a table or JSON."""
     settings = settings_from_args(args)
     recipe = check_buildable(recipe_from_args(args))
+    if args.eval and recipe.runtime == REMOTE:
+        raise UsageError(f"--eval: perplexity is {REMOTE_NO_PERPLEXITY}; run workbench eval on the server for its QA "
+                         "accuracy")
     batch_sizes = args.batch_sizes or [recipe.batch_size]
     for batch_size in batch_sizes:
         check_batch_size(batch_size, flag="batch-sizes")
@@ -254,6 +291,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     A recipe that is its own baseline is measured once (agreement 1.0).
     """
     recipe = check_buildable(recipe_from_args(args))
+    if recipe.runtime == REMOTE:
+        return _eval_remote(recipe, args)
     baseline = recipe.baseline()
     check_buildable(baseline)
     prompts = quality.load_prompts()
@@ -286,6 +325,54 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "seconds": round(time.perf_counter() - start, 1),
     }
     print(json.dumps(report, indent=2) if args.json else output.eval_table(report))
+    return 0
+
+
+REMOTE_NO_PERPLEXITY = ("not available for a remote server: an OpenAI-compatible server gives no "
+                        "log-probabilities of a given text")
+
+
+def _eval_remote(recipe: Recipe, args: argparse.Namespace) -> int:
+    """``workbench eval`` of a server: QA accuracy from its greedy answers; perplexity, agreement and KL need
+    token probabilities or a local baseline, which a server does not give: each is None with the reason."""
+    start = time.perf_counter()
+    model = runtimes.build(recipe, on_stage=output.build_stages("recipe"))
+    progress = output.StepPrinter("recipe")
+    try:
+        sets = {name: quality.load_qa(name)[:args.qa_limit] if args.qa_limit else quality.load_qa(name)
+                for name in ("dev", "heldout") if name in args.sets}
+        measured = {name: quality.qa_accuracy(model, items, on_step=progress) for name, items in sets.items()}
+    except runtimes.RemoteError as exc:
+        raise Failed(f"the server failed while answering the QA questions: {exc}") from None
+    finally:
+        model.close()
+    dev, held = measured.get("dev"), measured.get("heldout")
+    report = {
+        "recipe": recipe.to_dict(), "recipe_key": recipe.key(), "label": recipe.label(),
+        "perplexity": None, "perplexity_ci": None, "perplexity_problem": REMOTE_NO_PERPLEXITY,
+        "qa_accuracy": dev and dev["accuracy"], "qa_accuracy_ci": dev and dev["ci"],
+        "qa_correct": dev and dev["correct"], "qa_n": dev["n"] if dev else 0,
+        "heldout_qa_accuracy": held and held["accuracy"], "heldout_qa_accuracy_ci": held and held["ci"],
+        "heldout_qa_correct": held and held["correct"], "heldout_qa_n": held["n"] if held else 0,
+        "eval_tokens": None,
+        "agreement": None, "agreement_ci": None,
+        "agreement_problem": "no local baseline: a server's recipe is its own (compare it with a local recipe)",
+        "kl": None, "kl_ci": None, "kl_tokens": None, "kl_problem": REMOTE_NO_PERPLEXITY,
+        "baseline": None, "model": model.stats.to_dict(),
+        "settings": {**_quality_settings(args), "sets": list(args.sets)},
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    lines = [recipe.label(), f"perplexity: {REMOTE_NO_PERPLEXITY}"]
+    for name, figures in (("QA accuracy", dev), ("held-out QA accuracy", held)):
+        if figures:
+            low, high = figures["ci"] or (None, None)
+            interval = "" if low is None else f" [{low:.1%}, {high:.1%}]"
+            lines.append(f"{name}: {figures['accuracy']:.1%}{interval} ({figures['correct']}/{figures['n']})")
+    lines.append(f"agreement: {report['agreement_problem']}")
+    print("\n".join(lines))
     return 0
 
 

@@ -19,7 +19,8 @@ from ..serving.options import DEFAULT_BATCH_WINDOW_S, SCHEDULERS
 
 PROG = "workbench"
 BENCH_MAX_NEW_TOKENS = 128  # bench's default: every run generates exactly this many tokens
-MODEL_SOURCES = "allowed: embedded, a hub id, a local model directory or a .gguf file"
+MODEL_SOURCES = ("allowed: embedded, a hub id, a local model directory, a .gguf file or a server URL "
+                 "http(s)://HOST:PORT/v1")
 
 
 class UsageError(Exception):
@@ -107,11 +108,19 @@ def _recipe_flags() -> argparse.ArgumentParser:
     group = flags.add_argument_group("recipe")
     model, device, dtype = (default(Recipe, name) for name in ("model", "device", "dtype"))
     group.add_argument("--model", default=model,
-                       help=f"'{model}' (default), a hub id, a local model directory or a .gguf file")
+                       help=f"'{model}' (default), a hub id, a local model directory, a .gguf file, or the URL of an "
+                            "OpenAI-compatible server, http(s)://HOST:PORT/v1 (vLLM, TGI, llama.cpp, Ollama, "
+                            "workbench serve), measured with the network's part split out")
+    group.add_argument("--remote-model", default=default(Recipe, "remote_model"), metavar="NAME",
+                       help="with a server URL: the server's model to ask (default: the first it lists)")
+    group.add_argument("--api-key-env", default=None, metavar="VAR",
+                       help="with a server URL: the environment variable that holds its API key (default: no key); "
+                            "the key itself is never a flag, and is never stored")
     runtime = default(Recipe, "runtime")
     group.add_argument("--runtime", choices=RUNTIMES, default=runtime,
                        help=f"what runs the model (default {runtime}); llama.cpp writes the recipe as a GGUF file, "
-                            "quantizes it with llama.cpp's quantizer and runs it in llama.cpp")
+                            "quantizes it with llama.cpp's quantizer and runs it in llama.cpp; remote measures a "
+                            "server (a URL --model means it)")
     group.add_argument("--device", choices=DEVICES, default=device, help=f"default: {device} (the fastest present)")
     aliases = ", ".join(f"{a} means {b}" for a, b in LLAMA_CPP_ALIASES.items())
     group.add_argument("--dtype", choices=DTYPES, default=dtype, metavar="DTYPE",
