@@ -19,11 +19,13 @@ from . import export as export_cli
 from . import output
 from . import predict as predict_cli
 from . import profile as profile_cli
+from . import serve as serve_cli
 from . import sweep as sweep_cli
 from .parser import PROG, Failed, UsageError, build_parser
 
 # Subcommands in modules of their own: each gives add_parser(commands) and run(args).
-MODULES = {"export": export_cli, "predict": predict_cli, "profile": profile_cli, "sweep": sweep_cli}
+MODULES = {"export": export_cli, "predict": predict_cli, "profile": profile_cli, "serve": serve_cli,
+           "sweep": sweep_cli}
 
 MAX_MESSAGE = 400  # characters of an unforeseen error's message shown (a prompt can be quoted in one)
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

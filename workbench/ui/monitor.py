@@ -23,7 +23,7 @@ WINDOWS = {"Last 15 minutes": 900, "Last hour": 3600, "Last 24 hours": 86400, "L
            "All time": None}
 REFRESH_S = (2, 5, 15, 60)
 MAX_ROWS = 20_000  # newest requests read per refresh; older ones are left to Prometheus and the exports
-ORIGINS = {"chat": "Chat page", "cli": "workbench generate", "bench": "benchmarks"}
+ORIGINS = {"chat": "Chat page", "cli": "workbench generate", "bench": "benchmarks", "serve": "workbench serve"}
 
 
 @dataclass
