@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..recipe import REMOTE
 from . import output
 from .parser import Failed, UsageError, _cache_flags, _generation_flags, _recipe_flags, int_at_least, int_in
 
@@ -46,7 +47,11 @@ def run(args: argparse.Namespace) -> int:
     from .commands import _cached_answers, check_buildable, recipe_from_args, settings_from_args
 
     settings = settings_from_args(args)
-    recipe = check_buildable(recipe_from_args(args))
+    recipe = recipe_from_args(args)
+    if recipe.runtime == REMOTE:
+        raise UsageError("--model: profile splits a turn into what runs in this process; a server runs its turn "
+                         "elsewhere: workbench generate --model URL --json shows its network split")
+    recipe = check_buildable(recipe)
     messages = [{"role": "user", "content": args.prompt}]
     answers = _cached_answers(args, settings)
     lookup = None
