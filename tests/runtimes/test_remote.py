@@ -17,10 +17,7 @@ import pytest
 from fastapi import Depends, FastAPI, Header, HTTPException
 from fastapi.responses import StreamingResponse
 from processes import free_port, stop, wait_for
-from starlette.applications import Starlette
-from starlette.requests import Request as HttpRequest
-from starlette.responses import StreamingResponse as RawStream
-from starlette.routing import Route
+from proxies import delay_proxy
 
 from workbench import catalog, runtimes
 from workbench.recipe import GenerationSettings, Recipe, RecipeError
@@ -57,43 +54,6 @@ def tiny_server(tiny_engine):
     """``workbench serve``'s app on the tiny model: a real OpenAI-compatible server that reports its timings."""
     with running(create_app(tiny_engine, max_queue=16)) as server:
         yield server
-
-
-def delay_proxy(upstream: str, delay_s: float) -> Starlette:
-    """A forwarder that holds the response's headers, then each chunk, ``delay_s`` after it arrived from
-    ``upstream`` (a delay line: a known one-way delay on the way back, not a throttle)."""
-    client = httpx.AsyncClient(base_url=upstream, timeout=WAIT_S)
-
-    async def forward(request: HttpRequest):
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
-        sent = client.build_request(request.method, request.url.path, content=await request.body(), headers=headers)
-        response = await client.send(sent, stream=True)
-        loop = asyncio.get_running_loop()
-        arrived: asyncio.Queue = asyncio.Queue()
-
-        async def read():  # stamps each chunk as it arrives, while the headers are held
-            async for chunk in response.aiter_raw():
-                await arrived.put((loop.time(), chunk))
-            await arrived.put(None)
-
-        reader = asyncio.create_task(read())
-        await asyncio.sleep(delay_s)
-
-        async def relay():
-            try:
-                while (item := await arrived.get()) is not None:
-                    at, chunk = item
-                    await asyncio.sleep(max(0.0, at + delay_s - loop.time()))
-                    yield chunk
-            finally:
-                reader.cancel()
-                await response.aclose()
-
-        kept = {k: v for k, v in response.headers.items()
-                if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding")}
-        return RawStream(relay(), status_code=response.status_code, headers=kept)
-
-    return Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST"])])
 
 
 def fixture_app(key: str = KEY) -> FastAPI:
