@@ -10,7 +10,7 @@ import time
 
 from .. import frontier
 from ..formats import human_bytes
-from ..recipe import Recipe, RecipeError
+from ..recipe import Recipe, RecipeError, is_url
 from . import output
 from .parser import PROG, default, float_in, int_at_least
 
@@ -59,6 +59,9 @@ def add_parser(commands) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run the sweep; 0 when done (or stopped by Ctrl-C, keeping what finished), 2 on a bad grid or flag."""
+    if is_url(args.model):
+        return _fail("--model: sweep builds a grid of recipes of a model run here; a server runs one recipe of its "
+                     "own: measure it with workbench bench / generate / eval --model URL")
     try:
         recipes = frontier.load_grid(args.grid, model=args.model, device=args.device)
         settings = frontier.SweepSettings(rounds=args.rounds, runs=args.runs, warmup=args.warmup,
