@@ -4,9 +4,17 @@ Used by ``workbench bench`` and the Benchmark page. Requests go through ``Engine
 app's do, so these are the figures a user sees. Every run generates exactly ``max_new_tokens`` tokens (EOS
 is ignored), so runs of different recipes do the same amount of work.
 
-Load comes from simulated users: each of ``concurrency`` threads sends a request, waits for its whole answer,
-then sends the next (a closed loop). With more users than the batch size, requests queue; that wait is part
-of their TTFT and E2E, as it would be for a person. Throughput is all new tokens / the round's wall time.
+Load comes in one of two modes. Closed (the default): simulated users; each of ``concurrency`` threads sends a
+request, waits for its whole answer, then sends the next. With more users than the batch size, requests queue;
+that wait is part of their TTFT and E2E, as it would be for a person. Poisson (``request_rate``): open-loop
+arrivals at a rate, at most ``concurrency`` in flight, as vLLM's serving benchmark sends them (``workbench.load``
+says how requests are scheduled, timed, bounded and counted toward goodput). Throughput is all new tokens / the
+round's wall time. Every entry carries a ``load`` object (``LoadRun.report``) in either mode.
+
+Against a server (the remote runtime) every request's prompt ends with a tag of its own, so that no response
+cache on the server can answer it (its hits would pass for model latency); in the Poisson mode each request
+streams as soon as it is sent (the engine's continuous scheduler, one stream per request), never held back by
+the client.
 """
 
 from __future__ import annotations
@@ -16,14 +24,16 @@ import os
 import statistics
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
-from . import devices, runtimes, store
-from .latency import itl, summarize
+from . import devices, load, runtimes, store
+from .latency import itl
+from .load import DEFAULT_GRACE_S, DEFAULT_NUM_REQUESTS, LoadRun, Slo, summary_ms
 from .progress import OnStage, OnStep
-from .recipe import GenerationSettings, Recipe, RecipeError, check_batch_size
+from .recipe import REMOTE, GenerationSettings, Recipe, RecipeError, check_batch_size
 from .runtimes.base import LoadedModel
 from .serving.engine import Engine
 from .serving.options import DEFAULT_BATCH_WINDOW_S, check_scheduler
@@ -67,6 +77,23 @@ def check_runs(runs: int, warmup: int) -> None:
         raise RecipeError("warmup", f"warm-up runs must be an integer of 0 or more, got {warmup!r}")
 
 
+def check_load(request_rate: float | None, num_requests: int | None, duration_s: float | None,
+               slo: Slo | None) -> int | None:
+    """Raise RecipeError (naming the flag) for a bad load setting; returns the number of requests per rate
+    (``DEFAULT_NUM_REQUESTS`` when not given; None in the closed mode, where users send ``runs`` each)."""
+    if duration_s is not None:
+        load.check_duration(duration_s)
+    if slo is not None and not isinstance(slo, Slo):
+        raise RecipeError("ttft-slo-ms", f"objectives must be a bench.Slo, got {type(slo).__name__}")
+    if request_rate is None:
+        if num_requests is not None:
+            raise RecipeError("num-requests", "the number of requests applies with a request rate "
+                                              "(--request-rate); without one, each user sends --runs requests")
+        return None
+    load.check_request_rate(request_rate)
+    return load.check_num_requests(DEFAULT_NUM_REQUESTS if num_requests is None else num_requests)
+
+
 def run_bench(
     recipe: Recipe,
     settings: GenerationSettings,
@@ -79,22 +106,34 @@ def run_bench(
     trust_remote_code: bool = False,
     on_build: OnStage | None = None,
     evaluate: Evaluate | None = None,
-    concurrency: int = 1,
+    concurrency: int | None = None,
     scheduler: str = "static",
     batch_window_s: float | None = None,
     stop: Callable[[], bool] | None = None,
+    request_rate: float | None = None,
+    num_requests: int | None = None,
+    duration_s: float | None = None,
+    slo: Slo | None = None,
+    grace_s: float = DEFAULT_GRACE_S,
 ) -> dict:
-    """Build a recipe's model and measure it on the fixed prompts, with ``concurrency`` simulated users.
+    """Build a recipe's model and measure it on the fixed prompts, under closed-loop users or Poisson arrivals.
+
+    The closed mode (``request_rate`` None): ``concurrency`` users, each sending ``runs`` requests one after
+    another. The Poisson mode (``request_rate`` given): ``num_requests`` requests arriving at that rate (seeded
+    by ``settings.seed``, 0 when unset, so that a run repeats), at most ``concurrency`` in flight; see
+    ``workbench.load``.
 
     Args:
         recipe: what to build and measure; its ``batch_size`` is how many requests the engine runs together.
         settings: generation settings; ``ignore_eos`` is forced on so that every run generates exactly
             ``max_new_tokens`` tokens.
-        runs: measured requests per user (at least 1); ``runs * concurrency`` in all.
-        warmup: requests per user before the measured ones, excluded from every figure and from the history.
+        runs: measured requests per user (at least 1); ``runs * concurrency`` in all (closed mode only).
+        warmup: requests per user before the measured ones, excluded from every figure and from the history;
+            in the Poisson mode, ``warmup`` requests one after another before the arrivals start.
         on_step: progress callback ``(requests done, requests in total, metrics)``; metrics are the request's
             ``GenerationResult.metrics()`` plus ``phase`` ("warmup" or "measure"). Called from the users'
-            threads, one call at a time.
+            (or the requests' waiting) threads, one call at a time. In the Poisson mode the total counts every
+            scheduled request; a duration bound can end the run before it is reached.
         model: an already built model of this recipe (any batch size: the weights serve every one), to skip
             the build.
         history: where the measured runs are recorded (origin "bench"), e.g. the request history, or None.
@@ -102,25 +141,51 @@ def run_bench(
         on_build: build progress callback ``(stage, fraction)``.
         evaluate: called with the built model after the timed runs (so that memory and time figures are
             the runs' alone); what it returns is the entry's ``quality``.
-        concurrency: simulated users; each sends its next request as soon as its previous answer ends.
-        scheduler: the engine's scheduler, "static" or "continuous".
+        concurrency: closed mode: simulated users, each sending its next request as soon as its previous answer
+            ends (default 1). Poisson mode: the most requests in flight (vLLM's ``--max-concurrency``; default
+            no cap).
+        scheduler: the engine's scheduler, "static" or "continuous" (a server's Poisson load always streams
+            each request at once, as "continuous").
         batch_window_s: how long the engine waits to fill a batch (default: the engine's).
         stop: polled before every request; once it returns True the run ends with ``BenchStopped``.
+        request_rate: requests per second of the Poisson mode (``math.inf``: all at once); None: closed mode.
+        num_requests: requests of the Poisson mode (default ``load.DEFAULT_NUM_REQUESTS``); the closed mode
+            refuses it (its count is ``runs * concurrency``).
+        duration_s: no request is sent later than this many seconds after the measured round starts (either
+            mode); in the Poisson mode those still in flight ``grace_s`` later are stopped and counted as cut.
+        slo: TTFT / TPOT objectives; the entry's ``load.goodput`` counts the finished requests meeting them.
+        grace_s: see ``duration_s``.
 
     Returns:
-        One entry: the recipe, TTFT / TPOT / E2E / ITL / queue summaries in ms, decode tok/s median, min and
-        max, throughput, memory, the batch sizes the engine ran, the model's stats and each measured run
-        (and ``quality`` with ``evaluate``).
+        One entry: the recipe, TTFT / TPOT / E2E / ITL / queue summaries in ms (of finished requests), decode
+        tok/s median, min and max, throughput, memory, the batch sizes the engine ran, the model's stats, each
+        measured run, and ``load``: ``mode``, ``request_rate``, ``achieved_rate``, ``concurrency``, ``requests``
+        {scheduled, sent, finished, failed, cut}, ``ended_by``, ``duration_s``, ``request_throughput``,
+        ``throughput_tok_s``, ``ttft_ms`` / ``tpot_ms`` / ``e2e_ms`` / ``itl_ms`` / ``send_wait_ms`` {n, mean,
+        p50, p90, p95, p99}, ``goodput`` {ttft_slo_ms, tpot_slo_ms, requests_ok, share, req_s} (None without
+        ``slo``), ``errors`` (and ``quality`` with ``evaluate``).
+
+    Raises:
+        RecipeError: a bad setting, naming its flag (``request-rate``, ``num-requests``, ``duration-s``,
+            ``ttft-slo-ms``, ``tpot-slo-ms``, ``concurrency``, ...), before anything is built.
+        BenchError: a request failed (closed mode), or none finished (Poisson mode, where failures are counted).
+        BenchStopped: ``stop()`` returned True.
     """
     check_batch_size(recipe.batch_size)
     check_runs(runs, warmup)
-    check_concurrency(concurrency)
+    num_requests = check_load(request_rate, num_requests, duration_s, slo)
+    if concurrency is not None or request_rate is None:
+        check_concurrency(1 if concurrency is None else concurrency)
     check_scheduler(scheduler)
+    if request_rate is not None and recipe.runtime == REMOTE and not settings.greedy:
+        raise RecipeError("temperature", "a server's load test sends greedy requests (--temperature 0): the client's "
+                                         "engine would send sampled ones one at a time")
     if model is None:
         model = runtimes.build(recipe, trust_remote_code=trust_remote_code, on_stage=on_build)
     entry = measure(model, replace(settings, ignore_eos=True), runs, warmup, on_step, history,
                     batch_size=recipe.batch_size, concurrency=concurrency, scheduler=scheduler,
-                    batch_window_s=batch_window_s, stop=stop)
+                    batch_window_s=batch_window_s, stop=stop, request_rate=request_rate,
+                    num_requests=num_requests, duration_s=duration_s, slo=slo, grace_s=grace_s)
     if evaluate is not None:
         entry["quality"] = evaluate(model)
     return entry
@@ -138,9 +203,10 @@ def sweep(
     schedulers: Iterable[str] = ("static",),
     model: LoadedModel | None = None,
     on_entry: Callable[[dict], None] | None = None,
+    request_rates: Iterable[float | None] = (None,),
     **kwargs,
 ) -> list[dict]:
-    """Benchmark every recipe at every scheduler and batch size, one after another (never concurrently).
+    """Benchmark every recipe at every scheduler, batch size and request rate, one after another (never concurrently).
 
     Each recipe is built once; its batch sizes share the built weights.
 
@@ -149,47 +215,57 @@ def sweep(
         batch_sizes: batch sizes to measure each recipe at; all are checked before anything is built.
         settings, runs, warmup, on_step: as in ``run_bench``; ``on_step`` counts requests across the whole
             sweep, so one progress bar covers it.
-        concurrency: simulated users, the same at every batch size so that they serve the same load
-            (default: the largest batch size, enough to fill every batch).
+        concurrency: closed mode: simulated users, the same at every batch size so that they serve the same
+            load (default: the largest batch size, enough to fill every batch). Poisson mode: the cap on requests
+            in flight (default: none).
         schedulers: "static" and/or "continuous".
         model: an already built model of the (single) recipe, to skip the build.
         on_entry: called with each entry as soon as it is measured.
-        **kwargs: passed to ``run_bench`` (history, trust_remote_code, on_build, evaluate, batch_window_s, stop).
+        request_rates: requests per second, one entry each (None: the closed mode); all checked first.
+        **kwargs: passed to ``run_bench`` (history, trust_remote_code, on_build, evaluate, batch_window_s, stop,
+            num_requests, duration_s, slo, grace_s).
 
     Returns:
-        One ``run_bench`` entry per recipe, scheduler and batch size, in that order.
+        One ``run_bench`` entry per recipe, scheduler, batch size and request rate, in that order.
     """
-    batch_sizes, schedulers = list(batch_sizes), list(schedulers)
+    batch_sizes, schedulers, rates = list(batch_sizes), list(schedulers), list(request_rates)
     for batch_size in batch_sizes:
         check_batch_size(batch_size)
     for scheduler in schedulers:
         check_scheduler(scheduler)
     check_runs(runs, warmup)
-    concurrency = max(batch_sizes) if concurrency is None else concurrency
-    check_concurrency(concurrency)
+    counts = {rate: check_load(rate, kwargs.get("num_requests"), kwargs.get("duration_s"), kwargs.get("slo"))
+              for rate in rates}
+    users = max(batch_sizes) if concurrency is None else concurrency
+    check_concurrency(users)
     recipes = list(recipes)
-    per_bench = (warmup + runs) * concurrency
-    total = per_bench * len(recipes) * len(schedulers) * len(batch_sizes)
-    entries = []
+    # Requests each entry counts in on_step's total: warm-up and measured.
+    per_rate = {rate: (warmup + runs) * users if counts[rate] is None else warmup + counts[rate] for rate in rates}
+    total = sum(per_rate.values()) * len(recipes) * len(schedulers) * len(batch_sizes)
+    entries, offset = [], 0
     for recipe in recipes:
         built = model or runtimes.build(recipe, trust_remote_code=kwargs.get("trust_remote_code", False),
                                         on_stage=kwargs.get("on_build"))
         for scheduler in schedulers:
             for b in batch_sizes:
-                offset = len(entries) * per_bench
-                step = None if on_step is None else (lambda i, _t, m, o=offset: on_step(o + i, total, m))
-                entry = run_bench(replace(recipe, batch_size=b), settings, runs, warmup, step, model=built,
-                                  concurrency=concurrency, scheduler=scheduler, **kwargs)
-                entries.append(entry)
-                if on_entry is not None:
-                    on_entry(entry)
+                for rate in rates:
+                    step = None if on_step is None else (lambda i, _t, m, o=offset: on_step(o + i, total, m))
+                    entry = run_bench(replace(recipe, batch_size=b), settings, runs, warmup, step, model=built,
+                                      concurrency=users if rate is None else concurrency, scheduler=scheduler,
+                                      request_rate=rate, **kwargs)
+                    offset += per_rate[rate]
+                    entries.append(entry)
+                    if on_entry is not None:
+                        on_entry(entry)
     return entries
 
 
 def measure(model: LoadedModel, settings: GenerationSettings, runs: int, warmup: int, on_step: OnStep | None = None,
-            history: Recorder | None = None, *, batch_size: int | None = None, concurrency: int = 1,
+            history: Recorder | None = None, *, batch_size: int | None = None, concurrency: int | None = None,
             scheduler: str = "static", batch_window_s: float | None = None,
-            stop: Callable[[], bool] | None = None) -> dict:
+            stop: Callable[[], bool] | None = None, request_rate: float | None = None,
+            num_requests: int | None = None, duration_s: float | None = None, slo: Slo | None = None,
+            grace_s: float = DEFAULT_GRACE_S) -> dict:
     """Measure a built model through an engine of its own: a warm-up round first, then the measured round.
 
     Nothing else may generate with ``model`` meanwhile: its figures would be skewed, and the continuous
@@ -199,24 +275,77 @@ def measure(model: LoadedModel, settings: GenerationSettings, runs: int, warmup:
         model: the model to measure.
         settings: generation settings used for every run, as given.
         batch_size: the engine's batch size (default: the model's recipe's).
-        runs, warmup, on_step, history, concurrency, scheduler, batch_window_s, stop: as in ``run_bench``.
+        runs, warmup, on_step, history, concurrency, scheduler, batch_window_s, stop, request_rate, num_requests,
+            duration_s, slo, grace_s: as in ``run_bench`` (``num_requests`` None: the default count).
     """
-    total = (warmup + runs) * concurrency
+    poisson = request_rate is not None
+    if poisson and num_requests is None:
+        num_requests = DEFAULT_NUM_REQUESTS
+    users = 1 if poisson else concurrency or 1  # the warm-up's users; and the closed mode's
+    total = warmup * users + (num_requests if poisson else runs * users)
     progress = _RequestCounter(on_step, total)
     window = DEFAULT_BATCH_WINDOW_S if batch_window_s is None else batch_window_s
+    remote = model.recipe.runtime == REMOTE
+    if poisson and remote:
+        scheduler = "continuous"  # a server's requests each stream at once; the server batches them its way
+    tag = uuid.uuid4().hex[:8] if remote else None
     engine = Engine(model, history=history, batch_size=batch_size, batch_window_s=window, scheduler=scheduler)
     try:
-        _round(engine, settings, warmup, concurrency, "warmup", progress, stop)
+        _round(engine, settings, warmup, users, "warmup", progress, stop, tag=tag)
         _reset_peak_rss()
-        results, wall_s = _round(engine, settings, runs, concurrency, "measure", progress, stop)
+        if poisson:
+            run = _open_round(engine, settings, request_rate, num_requests, concurrency, duration_s, grace_s,
+                              progress, stop, tag)
+        else:
+            run = _closed_round(engine, settings, runs, users, duration_s, progress, stop, tag)
     finally:
         engine.close()
+    results, wall_s = run.finished, run.wall_s
     entry = _entry(engine.recipe, model, settings, results, wall_s, warmup)
-    entry.update(concurrency=concurrency, scheduler=scheduler, batch_window_ms=window * 1000,
+    entry.update(concurrency=concurrency if poisson else users, scheduler=scheduler, batch_window_ms=window * 1000,
                  requests=len(results), request_throughput_rps=len(results) / wall_s if wall_s > 0 else None,
-                 queue_ms=_summary_ms(r.queue_s for r in results),
-                 batches=_batches([r.batch_size for r in results]))
+                 queue_ms=summary_ms(r.queue_s for r in results),
+                 batches=_batches([r.batch_size for r in results]), load=run.report(slo))
     return entry
+
+
+def _closed_round(engine: Engine, settings, runs: int, users: int, duration_s: float | None,
+                  progress: _RequestCounter, stop, tag: str | None) -> LoadRun:
+    """The closed mode's measured round as a ``LoadRun`` (a failed request raises ``BenchError`` instead)."""
+    sends: list[float] = []
+    results, wall_s = _round(engine, settings, runs, users, "measure", progress, stop, tag=tag, sends=sends,
+                             duration_s=duration_s)
+    ended_by = "count" if len(sends) == runs * users else "duration"
+    return LoadRun(mode="closed", request_rate=None, concurrency=users, scheduled=runs * users, send_times=sends,
+                   finished=results, wall_s=wall_s, max_in_flight=min(users, len(sends)), duration_s=duration_s,
+                   ended_by=ended_by)
+
+
+def _open_round(engine: Engine, settings, rate: float, num_requests: int, cap: int | None,
+                duration_s: float | None, grace_s: float, progress: _RequestCounter, stop,
+                tag: str | None) -> LoadRun:
+    """Poisson arrivals of ``num_requests`` requests, as ``load.drive`` sends them; failures are counted, and
+    only a round in which none finished raises ``BenchError``."""
+    arrivals = load.arrival_times(num_requests, rate, 0 if settings.seed is None else settings.seed)
+
+    def send(k: int):
+        return engine.submit(_prompt(k, tag), settings, origin="bench", record=True)
+
+    sent, wall_s, most, ended_by = load.drive(send, arrivals, cap=cap, duration_s=duration_s, grace_s=grace_s,
+                                              stop=stop, on_end=lambda item: progress("measure", item.result))
+    if stop is not None and stop():
+        raise BenchStopped("benchmark stopped")
+    run = load.run_of("poisson", sent, wall_s, most, ended_by, scheduled=num_requests, request_rate=rate,
+                      concurrency=cap, duration_s=duration_s)
+    if not run.finished and run.failed:
+        raise BenchError(f"none of the {run.sent} requests finished: {run.failed[0].error}")
+    return run
+
+
+def _prompt(i: int, tag: str | None) -> str:
+    """Request i's prompt: PROMPTS[i % len(PROMPTS)], tagged for a server (so that no response cache answers it)."""
+    prompt = PROMPTS[i % len(PROMPTS)]
+    return prompt if tag is None else f"{prompt} (request {tag}-{i})"
 
 
 class _RequestCounter:
@@ -234,16 +363,20 @@ class _RequestCounter:
             self.on_step(self.done, self.total, {"phase": phase, **result.metrics()})
 
 
-def _round(engine: Engine, settings, per_user: int, users: int, phase: str, progress: _RequestCounter, stop=None):
+def _round(engine: Engine, settings, per_user: int, users: int, phase: str, progress: _RequestCounter, stop=None,
+           *, tag: str | None = None, sends: list[float] | None = None, duration_s: float | None = None):
     """``users`` threads, each sending ``per_user`` requests one after another; (results in finishing order, wall s).
 
-    User u's k-th request uses PROMPTS[(k * users + u) % len(PROMPTS)], so one user asks them in order.
+    User u's k-th request uses PROMPTS[(k * users + u) % len(PROMPTS)], so one user asks them in order (tagged
+    with ``tag``, see ``_prompt``). Each send's moment (seconds after the start) goes into ``sends``; none is
+    sent later than ``duration_s`` after the start.
     """
     if per_user == 0:
         return [], 0.0
     results, failures = [], []
     lock = threading.Lock()
     start = threading.Barrier(users)
+    begin = time.perf_counter()
 
     def user(u: int) -> None:
         try:
@@ -251,7 +384,13 @@ def _round(engine: Engine, settings, per_user: int, users: int, phase: str, prog
             for k in range(per_user):
                 if failures or (stop is not None and stop()):
                     return
-                prompt = PROMPTS[(k * users + u) % len(PROMPTS)]
+                now = time.perf_counter() - begin
+                if duration_s is not None and now > duration_s:
+                    return
+                if sends is not None:
+                    with lock:
+                        sends.append(now)
+                prompt = _prompt(k * users + u, tag)
                 result = engine.submit(prompt, settings, origin="bench", record=phase == "measure").result()
                 if result.error:
                     raise BenchError(f"benchmark run failed: {result.error}")
@@ -263,7 +402,6 @@ def _round(engine: Engine, settings, per_user: int, users: int, phase: str, prog
             start.abort()
 
     threads = [threading.Thread(target=user, args=(u,), name=f"bench-user-{u}", daemon=True) for u in range(users)]
-    begin = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
@@ -298,10 +436,10 @@ def _entry(recipe: Recipe, model: LoadedModel, settings, results: list, wall_s: 
         "runs": len(results),
         "warmup": warmup,
         "max_new_tokens": settings.max_new_tokens,
-        "ttft_ms": _summary_ms(r.ttft_s for r in results),
-        "tpot_ms": _summary_ms(r.tpot_s for r in results),
-        "e2e_ms": _summary_ms(r.e2e_s for r in results),
-        "itl_ms": _summary_ms(gap for r in results for gap in itl(r.token_times)),
+        "ttft_ms": summary_ms(r.ttft_s for r in results),
+        "tpot_ms": summary_ms(r.tpot_s for r in results),
+        "e2e_ms": summary_ms(r.e2e_s for r in results),
+        "itl_ms": summary_ms(gap for r in results for gap in itl(r.token_times)),
         "decode_tok_s": {
             "median": median_decode,
             "min": min(decode) if decode else None,
@@ -319,11 +457,6 @@ def _entry(recipe: Recipe, model: LoadedModel, settings, results: list, wall_s: 
         "notes": list(model.notes),
         "per_run": [_run_row(r) for r in results],
     }
-
-
-def _summary_ms(seconds: Iterable[float | None]) -> dict:
-    summary = summarize(list(seconds))
-    return {k: v if k == "n" or v is None else v * 1000 for k, v in summary.items()}
 
 
 def _run_row(result) -> dict:

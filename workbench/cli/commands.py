@@ -18,6 +18,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from .. import bench, loading, quality, runtimes
+from ..formats import figure
 from ..observe.history import HistoryStore
 from ..observe.prometheus import HistoryFollower, PrometheusExporter
 from ..optimize import distill as distillation
@@ -220,8 +221,14 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """``workbench bench``: measure the recipe at each batch size; print a table or JSON."""
+    """``workbench bench``: measure the recipe at each batch size (and request rate); print a table or JSON."""
     settings = settings_from_args(args)
+    rates = args.request_rate or [None]
+    slo = None
+    if args.ttft_slo_ms is not None or args.tpot_slo_ms is not None:
+        slo = bench.Slo(ttft_ms=args.ttft_slo_ms, tpot_ms=args.tpot_slo_ms)
+    for rate in rates:  # a bad load flag fails before the server is asked or anything is built
+        bench.check_load(rate, args.num_requests, args.duration_s, slo)
     recipe = check_buildable(recipe_from_args(args))
     if args.eval and recipe.runtime == REMOTE:
         raise UsageError(f"--eval: perplexity is {REMOTE_NO_PERPLEXITY}; run workbench eval on the server for its QA "
@@ -231,8 +238,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         check_batch_size(batch_size, flag="batch-sizes")
     for scheduler in args.schedulers:
         check_scheduler(scheduler, flag="schedulers")
-    concurrency = args.concurrency or max(batch_sizes)
-    bench.check_concurrency(concurrency)
+    poisson = args.request_rate is not None
+    concurrency = args.concurrency if poisson else args.concurrency or max(batch_sizes)
+    if concurrency is not None:
+        bench.check_concurrency(concurrency)
+    if poisson and recipe.runtime == REMOTE and not settings.greedy:
+        raise RecipeError("temperature", "a server's load test sends greedy requests (--temperature 0): the "
+                                         "client's engine would send sampled ones one at a time")
     window_s = None if args.batch_window_ms is None else args.batch_window_ms / 1000
     evaluate = None
     if args.eval:
@@ -244,21 +256,57 @@ def cmd_bench(args: argparse.Namespace) -> int:
             [recipe], batch_sizes, settings, args.runs, args.warmup, output.print_run,
             history=history(), trust_remote_code=args.trust_remote_code, on_build=output.print_build_stage,
             evaluate=evaluate, concurrency=concurrency, schedulers=args.schedulers, batch_window_s=window_s,
+            request_rates=rates, num_requests=args.num_requests, duration_s=args.duration_s, slo=slo,
         )
     except bench.BenchError as exc:
         raise Failed(str(exc)) from None
     report = {"settings": asdict(settings), "runs": args.runs, "warmup": args.warmup,
               "batch_sizes": batch_sizes, "concurrency": concurrency, "schedulers": args.schedulers,
-              "results": entries}
+              "mode": "poisson" if poisson else "closed", "request_rates": args.request_rate,
+              "num_requests": entries[0]["load"]["requests"]["scheduled"] if poisson else None,
+              "duration_s": args.duration_s, "slo": None if slo is None else asdict(slo), "results": entries}
     if args.eval:
         report["quality_settings"] = _quality_settings(args)
-    if len(entries) > 1 or concurrency > 1:
+    if len(entries) > 1 or poisson or concurrency > 1:
         try:
             bench.save_sweep(report)  # the Benchmark page lists it among the earlier sweeps
         except OSError:
             pass
-    print(json.dumps(report, indent=2) if args.json else output.bench_table(entries))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(load_table(entries) if poisson or slo else output.bench_table(entries))
     return 0
+
+
+def load_table(entries: list[dict]) -> str:
+    """One row per entry of a load test: rate asked and achieved, requests, TTFT and TPOT p50 / p99 (ms),
+    tokens per second and goodput; the recipe, scheduler and batch size where the entries differ in them."""
+    which = [key for key in ("label", "scheduler", "batch_size") if len({str(e.get(key)) for e in entries}) > 1]
+    header = (*which, "rate", "achieved", "sent", "finished", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99",
+              "tok/s", "req/s", "goodput")
+    rows = [header]
+    for e in entries:
+        lo = e["load"]
+        requests = lo["requests"]
+        rate = "closed" if lo["request_rate"] is None else f"{lo['request_rate']:g}/s"
+        finished = f"{requests['finished']}" + "".join(f" ({requests[k]} {k})" for k in ("failed", "cut")
+                                                     if requests[k])
+        rows.append((*(str(e.get(key)) for key in which), rate, figure(lo["achieved_rate"], 2),
+                     str(requests["sent"]), finished,
+                     figure(lo["ttft_ms"]["p50"]), figure(lo["ttft_ms"]["p99"]),
+                     figure(lo["tpot_ms"]["p50"], 2), figure(lo["tpot_ms"]["p99"], 2),
+                     figure(lo["throughput_tok_s"]), figure(lo["request_throughput"], 2),
+                     goodput_cell(lo["goodput"], requests["finished"])))
+    return output.columns(rows)
+
+
+def goodput_cell(goodput: dict | None, finished: int) -> str:
+    """``9/12 (75%, 1.20 req/s)``: requests meeting the objectives of those finished; "–" without objectives."""
+    if goodput is None:
+        return "–"
+    share = "n/a" if goodput["share"] is None else f"{goodput['share']:.0%}"
+    return f"{goodput['requests_ok']}/{finished} ({share}, {figure(goodput['req_s'], 2)} req/s)"
 
 
 # eval -------------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import MISSING, fields
 
+from ..load import DEFAULT_GRACE_S, DEFAULT_NUM_REQUESTS, MAX_NUM_REQUESTS
 from ..observe.prometheus import DEFAULT_METRICS_PORT
 from ..recipe import (DEFAULT_STUDENT_STEPS, DEVICES, DTYPES, LLAMA_CPP_ALIASES, LLAMA_CPP_DTYPES, MAX_PRUNE_RATIO,
                       PRUNE_CRITERIA, PRUNE_METHODS, RUNTIMES, TRANSFORMERS_DTYPES, GenerationSettings, PruneSpec, Recipe,
@@ -188,23 +189,42 @@ def _cache_flags(parser: argparse.ArgumentParser) -> None:
 
 def _bench_flags(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--runs", type=int_at_least(1), default=5,
-                       help="measured runs per simulated user (default 5)")
+                       help="measured runs per simulated user (default 5; without --request-rate)")
     bench.add_argument("--warmup", type=int_at_least(0), default=1,
                        help="warm-up runs per user, excluded from every figure (default 1)")
     bench.add_argument("--batch-sizes", type=int_list, default=None, metavar="N[,N...]",
                        help="batch sizes to measure, e.g. 1,4,16 (default: --batch-size)")
     bench.add_argument("--concurrency", type=int_at_least(1), default=None, metavar="N",
                        help="simulated users sending requests at once, each the next as soon as its answer ends "
-                            "(default: the largest batch size)")
+                            "(default: the largest batch size); with --request-rate, the most requests in flight "
+                            "(default: no cap)")
     bench.add_argument("--schedulers", type=word_list, default=[SCHEDULERS[0]], metavar="NAME[,NAME...]",
                        help=f"{SCHEDULERS[0]} (a batch runs to its end; default) and/or {SCHEDULERS[1]} (requests "
                             "join a running batch at every step, transformers' continuous batching)")
     bench.add_argument("--batch-window-ms", type=float_in(0, 10_000), default=None, metavar="MS",
                        help=f"how long the worker waits to fill a batch (default {DEFAULT_BATCH_WINDOW_S * 1000:g})")
+    _load_flags(bench)
     bench.add_argument("--eval", action="store_true",
                        help="also measure perplexity and QA accuracy of each recipe (after the timed runs)")
     _quality_flags(bench, max_eval_tokens=None)
     bench.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def _load_flags(bench: argparse.ArgumentParser) -> None:
+    group = bench.add_argument_group("load (open-loop arrivals and goodput)")
+    group.add_argument("--request-rate", type=rate_list, default=None, metavar="R[,R...]",
+                       help="requests per second arriving at random (Poisson, seeded by --seed), one entry per "
+                            "rate, e.g. 0.5,2; inf sends them all at once (default: closed-loop users)")
+    group.add_argument("--num-requests", type=int_in(1, MAX_NUM_REQUESTS), default=None, metavar="N",
+                       help=f"requests per rate with --request-rate (default {DEFAULT_NUM_REQUESTS})")
+    group.add_argument("--duration-s", type=positive_float, default=None, metavar="S",
+                       help=f"send no request after S seconds; with --request-rate, those still running "
+                            f"{DEFAULT_GRACE_S:g} s later are cut (default: no time bound)")
+    group.add_argument("--ttft-slo-ms", type=positive_float, default=None, metavar="MS",
+                       help="goodput: a request meets its objective with a time to first token of at most MS")
+    group.add_argument("--tpot-slo-ms", type=positive_float, default=None, metavar="MS",
+                       help="goodput: a request meets its objective with a time per output token after the "
+                            "first of at most MS (give either objective or both)")
 
 
 def _quality_flags(parser: argparse.ArgumentParser, max_eval_tokens: int | None) -> None:
@@ -301,6 +321,24 @@ def positive_float(text: str) -> float:
     if value is None or not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number above 0, got {text!r}")
     return value
+
+
+def rate_list(text: str) -> list[float]:
+    """``--request-rate``: comma-separated requests per second above 0, or inf."""
+    values = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            value = float(part) if part else None
+        except ValueError:
+            value = None
+        if value is None or not value > 0:  # NaN fails too
+            values = []
+            break
+        values.append(value)
+    if not values:
+        raise argparse.ArgumentTypeError(f"must be requests per second above 0 (or inf), separated by commas, such "
+                                         f"as 0.5,2, got {text!r}")
+    return list(dict.fromkeys(values))
 
 
 def word_list(text: str) -> list[str]:
