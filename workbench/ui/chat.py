@@ -23,6 +23,7 @@ from .model_loading import POLL_S
 CHART_EVERY_S = 0.4  # minimum time between two redraws of the live latency chart
 RESULT_TIMEOUT_S = 300.0  # a stopped request ends after its current token; this bounds a stuck one
 FINISH_REASONS = {"eos": "ended (EOS)", "length": "max new tokens reached", "stopped": "stopped", "error": "error"}
+CUT = ":material/content_cut: stream cut"  # a server's stream that ended mid-answer: the partial answer is kept
 _END = object()
 
 
@@ -58,8 +59,9 @@ def chat_transcript(messages: list[dict]) -> None:
 
 def reply_footer(message: dict) -> None:
     """The line under an assistant reply: its metrics, or the error that ended it."""
+    cut = (message.get("metrics") or {}).get("cut")
     if message.get("error"):
-        st.error(message["error"])
+        (st.warning if cut else st.error)(message["error"], icon=":material/content_cut:" if cut else None)
     if message.get("metrics"):
         st.caption(format_metrics(message["metrics"], message.get("recipe_label")))
     if message.get("cache_hit"):
@@ -77,23 +79,54 @@ def format_hit(hit: dict) -> str:
 
 
 def format_metrics(metrics: dict, recipe_label: str | None = None) -> str:
-    """One line of a reply's metrics (``GenerationResult.metrics()``), e.g. 'TTFT 41 ms · TPOT 22.0 ms · …'."""
+    """One line of a reply's metrics (``GenerationResult.metrics()``), e.g. 'TTFT 41 ms · TPOT 22.0 ms · …'.
+
+    A server's reply (``metrics["network"]``) adds its network split to TTFT, counts chunks where the server sent
+    no token counts (``per_chunk``), and is marked when its stream was cut mid-answer (``cut``).
+    """
 
     def num(key: str, fmt: str) -> str:
         return "–" if metrics.get(key) is None else format(metrics[key], fmt)
 
+    unit = "chunk" if metrics.get("per_chunk") else "token"
     parts = [
         f"TTFT {num('ttft_ms', '.0f')} ms",
-        f"TPOT {num('tpot_ms', '.1f')} ms",
-        f"{num('decode_tok_s', '.1f')} tok/s",
-        f"{metrics['prompt_tokens']} prompt → {metrics['new_tokens']} new tokens",
+        f"TPOT {num('tpot_ms', '.1f')} ms" + (" per chunk" if unit == "chunk" else ""),
+        f"{num('decode_tok_s', '.1f')} {'chunks' if unit == 'chunk' else 'tok'}/s",
+        f"{metrics['prompt_tokens']} prompt → {metrics['new_tokens']} new {unit}s",
+        CUT if metrics.get("cut") else
         FINISH_REASONS.get(metrics.get("finish_reason"), str(metrics.get("finish_reason"))),
     ]
+    if metrics.get("network") is not None:
+        parts[0] += " " + network_split(metrics)
     if metrics.get("cache", "miss") != "miss":  # a replay: no model latency to show (format_hit has the lookup)
         parts = [f"{metrics['new_tokens']} tokens replayed from the cache"]
     if recipe_label:
         parts.append(recipe_label)
     return " · ".join(parts)
+
+
+def network_split(metrics: dict) -> str:
+    """What a server's TTFT is made of (``runtimes.remote``'s network split): '= network 12 ms + queue 0.4 ms +
+    server prefill 28 ms' where the server reports its timings; else '(connect 1.2 ms · headers 30 ms · first
+    chunk 31 ms)', which only bound the network's part."""
+    network = metrics["network"]
+    prefill, beyond = network.get("server_prefill_ms"), network.get("network_ms")
+    if prefill is not None and beyond is not None:
+        # request_ms (connect, send) and network_ms (the trip, the server's HTTP and queue) are both the network's
+        trip = (network.get("request_ms") or 0.0) + beyond
+        return (f"= network {_ms(trip)} ms + queue {_ms(metrics.get('queue_ms') or 0.0)} ms + server prefill "
+                f"{_ms(prefill)} ms")
+    connect = ("connection reused" if network.get("reused_connection") else
+               f"connect {_ms(network.get('connect_ms'))} ms")
+    return (f"({connect} · headers {_ms(network.get('headers_ms'))} ms · first chunk "
+            f"{_ms(network.get('first_chunk_ms'))} ms)")
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.1f}" if abs(value) < 10 else f"{value:.0f}"
 
 
 def assistant_message(result: GenerationResult, recipe_label: str, hit: CacheHit | None = None) -> dict:

@@ -11,11 +11,10 @@ import streamlit as st
 
 from .. import quality
 from ..conversation import with_system_prompt
-from ..formats import human_bytes, human_count
-from ..recipe import GenerationSettings
+from ..recipe import REMOTE, GenerationSettings
 from ..serving.engine import Engine, Request
 from . import changes, charts, chat, compare, draw, jobs, recipe_form, shared, state
-from .model_loading import POLL_S, model_slot
+from .model_loading import POLL_S, model_slot, size_text
 
 PREFIXES = {"a": state.COMPARE_A, "b": state.COMPARE_B}
 NAMES = {"a": "A", "b": "B"}
@@ -110,9 +109,8 @@ def _pane_status(slot: shared.ModelSlot | None, box) -> Engine | None:
         box.warning("This model was just unloaded to make room for another recipe; reload the page to rebuild it.")
         return None
     stats = engine.model.stats
-    box.caption(f"**{slot.recipe.label()}** · {human_count(stats.params)} parameters · "
-                f"{human_bytes(stats.weight_bytes)} of weights · backend: {stats.backend} · "
-                f"built in {stats.build_s:.1f} s")
+    box.caption(f"**{slot.recipe.label()}** · {size_text(stats)} · backend: {stats.backend} · "
+                f"{'reached' if slot.recipe.runtime == REMOTE else 'built'} in {stats.build_s:.1f} s")
     return engine
 
 

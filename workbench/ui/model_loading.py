@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from ..formats import human_bytes, human_count
-from ..recipe import Recipe
+from ..recipe import REMOTE, Recipe
 from ..serving.engine import Engine
 from . import recipe_form, shared, state
 
@@ -100,13 +100,21 @@ def model_card(slot: shared.ModelSlot, notes: bool = True) -> None:
         st.subheader("Loaded model")
         st.markdown(
             f"**{recipe.label()}**  \nrecipe key `{recipe.key()}`  \n"
-            f"{human_count(stats.params)} parameters · {human_bytes(stats.weight_bytes)} of weights  \n"
+            f"{size_text(stats)}  \n"
             + nonzero_line(stats.params, stats.nonzero_params)
             + runtime_line(recipe.runtime, stats)
-            + f"built in {stats.build_s:.1f} s · backend: {stats.backend}"
+            + f"{'reached' if recipe.runtime == REMOTE else 'built'} in {stats.build_s:.1f} s · backend: {stats.backend}"
         )
         if notes and model.notes:
             st.info("\n".join(f"- {note}" for note in model.notes), icon=":material/info:")
+
+
+def size_text(stats) -> str:
+    """'134.5 M parameters · 538.1 MB of weights'; "—" for a size the model does not know (a server that does not
+    say its model's: 0), never "0"."""
+    params = human_count(stats.params) if stats.params else "—"
+    weights = human_bytes(stats.weight_bytes) if stats.weight_bytes else "—"
+    return f"{params} parameters · {weights} of weights"
 
 
 def runtime_line(runtime: str, stats) -> str:

@@ -3,6 +3,10 @@
 The sidebar draws it on every page (``recipe_sidebar``); the Compare page draws two more under their own key
 prefixes (``recipe_controls(prefix)``). A combination this machine cannot run is a message, never an exception; so
 is a model this server does not allow its visitors (``access_refusal``, see ``workbench.access``).
+
+A model field holding an http(s) URL names an OpenAI-compatible server: the form then asks for the server's model
+(from its ``/v1/models``) and the name of the environment variable that holds its API key, and hides what a server
+decides for itself (runtime, device, dtype, backend, pruning, variant, threads).
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from .. import catalog, devices, loading, runtimes
 from ..access import Access
 from ..formats import sentence
 from ..optimize import variants
-from ..recipe import EMBEDDED, FLOAT_DTYPES, MAX_PRUNE_RATIO, PRUNE_CRITERIA, PRUNE_METHODS, RUNTIMES, PruneSpec, Recipe
-from ..recipe import RecipeError
+from ..recipe import EMBEDDED, FLOAT_DTYPES, MAX_PRUNE_RATIO, PRUNE_CRITERIA, PRUNE_METHODS, REMOTE, RUNTIMES, PruneSpec
+from ..recipe import Recipe, RecipeError, is_url
+from ..runtimes import remote
 from . import state
 
 DTYPE_LABELS = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "int8 (quantized)", "int4": "int4 (quantized)",
@@ -31,6 +36,11 @@ PRUNE_LABELS = {"none": "none", "magnitude": "magnitude — unstructured zeros",
 RATIO_LABELS = {"magnitude": "Weights zeroed", "2:4": "Weights zeroed (fixed by 2:4)",
                 "channels": "MLP channels removed", "layers": "Decoder layers removed"}
 CRITERION_LABELS = {"magnitude": "|W| magnitude", "wanda": "Wanda |W|·‖X‖ — better"}
+LOCAL_RUNTIMES = tuple(r for r in RUNTIMES if r != REMOTE)  # a server is chosen by a URL in the model field
+SERVER_CAPTION = ("The server runs its own weights and kernels: runtime, device, dtype, backend, pruning, distilled "
+                  "variant and threads are its own, not set here. What is measured is the client's view: TTFT "
+                  "includes the network and the server's queue, which each reply's network split separates.")
+SERVER_LIST_TTL_S = 15.0  # how long a server's /v1/models answer (or why there is none) is reused across reruns
 
 
 def recipe_sidebar() -> Recipe | None:
@@ -65,6 +75,12 @@ def recipe_controls(prefix: str = state.RECIPE_PREFIX) -> tuple[Recipe | None, s
     key = functools.partial(state.widget_key, prefix=prefix)
     access = state.access()
     model = _model_input(prefix, access)
+    if model is not None and is_url(model):
+        refusal = access_refusal(model, "none", access)
+        recipe, problem = (None, refusal) if refusal else server_controls(model, prefix)
+        if problem:
+            st.error(problem, icon=":material/block:")
+        return recipe, problem, False
     runtime = _runtime_input(prefix)
     device = st.selectbox("Device", devices.available_devices(), key=key(state.DEVICE),
                           help="Only devices present on this machine are listed; auto picks the fastest.")
@@ -98,6 +114,14 @@ def seed_controls(recipe: Recipe, prefix: str, trust: bool = False, overwrite: b
     """
     key = functools.partial(state.widget_key, prefix=prefix)
     known = recipe.model == EMBEDDED or recipe.model in {m.model for m in catalog.HUB_MODELS}
+    if recipe.runtime == REMOTE:  # the server's fields only: the local controls keep what they held
+        values = {key(state.MODEL_CHOICE): state.OTHER_MODEL, key(state.MODEL_OTHER): recipe.model,
+                  key(state.REMOTE_MODEL): recipe.remote_model, key(state.REMOTE_MODEL_TYPED): recipe.remote_model,
+                  key(state.API_KEY_ENV): recipe.api_key_env, key(state.BATCH_SIZE): recipe.batch_size}
+        for name, value in values.items():
+            if overwrite or name not in st.session_state:
+                st.session_state[name] = value
+        return
     values = {
         key(state.MODEL_CHOICE): recipe.model if known else state.OTHER_MODEL,
         key(state.RUNTIME): recipe.runtime,
@@ -126,9 +150,11 @@ def access_refusal(model: str, variant: str, access: Access) -> str | None:
 
     A local directory or .gguf file (or anything that names a path) needs ``access.paths``; a hub id that is not in
     the local Hugging Face cache, the model's own or a public distilled variant's, needs ``access.downloads``.
-    The embedded model and cached hub models are always allowed.
+    The embedded model and cached hub models are always allowed. A server URL needs ``servers_allowed``.
     """
     kind = "embedded" if model == EMBEDDED else _source_kind(model)
+    if kind == "server":
+        return None if servers_allowed(access) else SERVERS_OFF
     if kind in ("gguf", "dir", "path") and not access.paths:
         return f"{model} is a local path. {access.why_off('paths')}"
     hub_ids = [model] if kind == "hub" else []
@@ -155,6 +181,78 @@ def resolve_choice(model: str, device: str, dtype: str, backend: str = "auto", p
         return None, str(exc)
 
 
+SERVERS_OFF = ("A server URL makes this app send requests to any address, with a key read from its own "
+               "environment; it is offered only when the app listens on a loopback address (localhost).")
+
+
+def servers_allowed(access: Access) -> bool:
+    """Whether a visitor may name a server (and the environment variable of its key): an app on loopback only, unless
+    ``workbench.access`` says otherwise (a ``servers`` feature of its own, where it has one)."""
+    return bool(getattr(access, "servers", access.loopback))
+
+
+def server_controls(url: str, prefix: str = state.RECIPE_PREFIX) -> tuple[Recipe | None, str | None]:
+    """The controls of a server's recipe: its model, the variable of its key, the batch size; (recipe, None) or
+    (None, why) for a bad URL, an unset key variable, or a server that cannot be reached or refuses the key.
+
+    Args:
+        url: what the model field holds (an http(s) URL).
+        prefix: the widget keys' prefix (see ``recipe_controls``).
+    """
+    key = functools.partial(state.widget_key, prefix=prefix)
+    key_env = str(st.session_state.get(key(state.API_KEY_ENV)) or "").strip()  # drawn below, read first
+    try:
+        asked = Recipe(model=url, api_key_env=key_env)
+    except RecipeError as exc:
+        names, problem = [], str(exc)
+    else:
+        names, problem = server_models(asked.model, key_env)
+    remote_model = _server_model_input(names, prefix)
+    st.text_input("API key variable", key=key(state.API_KEY_ENV), placeholder="e.g. OPENAI_API_KEY (blank = no key)",
+                  help="The name of an environment variable of this app's process that holds the server's API key. "
+                       "Only the name is kept: the key is never typed here, stored in the history, logged or part "
+                       "of a cache key.")
+    st.caption(SERVER_CAPTION)
+    batch_size = batch_size_input(prefix)
+    if problem:
+        st.button("Ask the server again", key=key(state.REMOTE_MODEL) + ".retry", icon=":material/refresh:",
+                  on_click=server_models.clear)
+        return None, problem
+    if not names:
+        return None, f"the server at {asked.model} lists no models under /models"
+    try:
+        return Recipe(model=asked.model, remote_model=remote_model or names[0], api_key_env=key_env,
+                      batch_size=batch_size), None
+    except RecipeError as exc:
+        return None, str(exc)
+
+
+@st.cache_data(ttl=SERVER_LIST_TTL_S, max_entries=32, show_spinner="Asking the server for its models…")
+def server_models(url: str, key_env: str) -> tuple[list[str], str | None]:
+    """The model names a server lists (``GET /v1/models``), or ([], why not); the key is read from ``key_env``
+    inside, so that it is never an argument (nor part of this cache's key)."""
+    try:
+        key = remote.api_key(Recipe(model=url, api_key_env=key_env))
+        return [entry["id"] for entry in remote.list_models(url, key, key_env)], None
+    except RecipeError as exc:
+        return [], str(exc)
+
+
+def _server_model_input(names: list[str], prefix: str) -> str:
+    """The server's model: a choice among those it lists; a name typed in while it cannot be asked ("" = the
+    first it lists)."""
+    if not names:
+        return st.text_input("Server model", key=state.widget_key(state.REMOTE_MODEL_TYPED, prefix),
+                             placeholder="blank = the first the server lists",
+                             help="The name the server serves the model under (its /v1/models).").strip()
+    model_key = state.widget_key(state.REMOTE_MODEL, prefix)
+    if st.session_state.get(model_key) not in names:
+        st.session_state.pop(model_key, None)  # "" (the first), or a model this server does not list
+    return st.selectbox("Server model", names, key=model_key,
+                        format_func=lambda n: f"{n} (first listed)" if n == names[0] else n,
+                        help="The models the server lists under /v1/models; the first is the default.")
+
+
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 
 
@@ -178,8 +276,11 @@ def _runtime_input(prefix: str = state.RECIPE_PREFIX) -> str:
     def label(name: str) -> str:
         return name if runtimes.RUNTIMES[name].problem() is None else f"{name} (not available here)"
 
-    runtime = st.selectbox("Runtime", RUNTIMES, key=state.widget_key(state.RUNTIME, prefix), format_func=label,
-                           help=RUNTIME_HELP)
+    runtime_key = state.widget_key(state.RUNTIME, prefix)
+    if st.session_state.get(runtime_key, LOCAL_RUNTIMES[0]) not in LOCAL_RUNTIMES:
+        st.session_state.pop(runtime_key)
+    runtime = st.selectbox("Runtime", LOCAL_RUNTIMES, key=runtime_key, format_func=label,
+                           help=RUNTIME_HELP + " A server is measured by giving its URL as the model.")
     return runtime
 
 
@@ -297,7 +398,14 @@ def _model_input(prefix: str, access: Access) -> str | None:
         ("Hub id, model directory or .gguf file", "org/name, /path/to/model or /path/to/file.gguf",
          "Enter a Hugging Face hub id, a local model directory or a local .gguf file.") if access.paths else
         ("Hub id", "org/name", "Enter a Hugging Face hub id (local paths are off on this server)."))
-    typed = st.text_input(label, key=state.widget_key(state.MODEL_OTHER, prefix), placeholder=placeholder).strip()
+    help_text = None
+    if servers_allowed(access):  # the label stays short; placeholder, hint and help say a URL works too
+        placeholder += ", or http://HOST:PORT/v1"
+        hint = hint[:-1] + "; or an OpenAI-compatible server's URL, http://HOST:PORT/v1."
+        help_text = ("An http(s) URL names an OpenAI-compatible server (vLLM, TGI, llama.cpp's server, Ollama, "
+                     "workbench serve): its answers are measured as the client sees them.")
+    typed = st.text_input(label, key=state.widget_key(state.MODEL_OTHER, prefix), placeholder=placeholder,
+                          help=help_text).strip()
     if not typed:
         st.info(hint)
         return None
@@ -323,7 +431,10 @@ def _model_option_label(model: str) -> str:
 
 
 def _source_kind(model: str) -> str:
-    """How loading resolves a model: "embedded", "gguf", "dir" or "hub"; "path" for a path that does not exist."""
+    """How loading resolves a model: "embedded", "gguf", "dir" or "hub"; "path" for a path that does not exist;
+    "server" for an http(s) URL (an OpenAI-compatible server, the remote runtime)."""
+    if is_url(model):
+        return "server"
     try:
         return loading.resolve_source(model).kind
     except loading.ModelSourceError:

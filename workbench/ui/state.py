@@ -27,6 +27,10 @@ PRUNE_CRITERION = "recipe.prune_criterion"  # only for magnitude and 2:4
 VARIANT = "recipe.variant"  # "none", a public student's catalog name or a student built here
 TRUST_REMOTE_CODE = "recipe.trust_remote_code"
 BATCH_SIZE = "recipe.batch_size"  # requests the model's worker runs together
+# A server's recipe (the model field holds an http(s) URL): the server's model and the variable holding its key.
+REMOTE_MODEL = "recipe.remote_model"  # a name from the server's /v1/models; "" = the first it lists
+REMOTE_MODEL_TYPED = "recipe.remote_model_typed"  # free text, while the server's list cannot be read
+API_KEY_ENV = "recipe.api_key_env"  # the NAME of an environment variable; the key itself is never in the session
 
 # What the sidebar resolved, read by pages: a Recipe (device resolved) or None when the input is invalid.
 RECIPE = "recipe.current"
