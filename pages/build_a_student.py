@@ -7,7 +7,9 @@ from workbench.ui import model_loading, navigation, student
 
 navigation.require_app()
 st.title("Build a student")
-teacher = model_loading.require_recipe().model
+recipe = model_loading.require_recipe()
+model_loading.require_local(recipe, "Distilling a student")
+teacher = recipe.model
 st.markdown(
     f"A student of **{model_label(teacher)}** starts as the teacher without some of its decoder layers, then learns "
     "to imitate the teacher's next-token distributions on text the teacher writes. Finished, it is a distilled "

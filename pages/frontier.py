@@ -3,7 +3,7 @@
 import streamlit as st
 
 from workbench import frontier as sweep
-from workbench.ui import frontier, navigation, state
+from workbench.ui import frontier, model_loading, navigation, state
 
 navigation.require_app()
 st.title("Frontier")
@@ -16,6 +16,7 @@ recipe = state.current_recipe()
 if recipe is None:
     st.info("Choose a model and device in the sidebar: the grid runs on them.")
     st.stop()
+model_loading.require_local(recipe, "A grid of recipes (dtypes, pruning, variants)")
 
 st.subheader("Grid")
 recipes = frontier.grid_editor(recipe)

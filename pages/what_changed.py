@@ -7,6 +7,7 @@ from workbench.ui import model_loading, navigation, profile_panel, what_changed
 navigation.require_app()
 st.title("What changed")
 recipe = model_loading.require_recipe()
+model_loading.require_local(recipe, "Measuring what a recipe changed against its baseline")
 slot, baseline = what_changed.recipe_and_baseline(recipe)
 model_loading.model_card(slot, notes=False)  # the notes are on this page, in full
 

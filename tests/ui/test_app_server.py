@@ -166,3 +166,12 @@ def test_compare_a_local_recipe_in_a_with_a_server_in_b(tiny_model_dir, tiny_ser
     table = {row[""]: row for row in at.dataframe[0].value.to_dict("records")}
     assert table["Weight bytes"]["B"] == "–" and table["Weight bytes"]["B vs A"] == "–"
     assert table["Decode speed (tok/s)"]["B vs A"] != "–"
+
+
+@pytest.mark.parametrize("page", ["pages/what_changed.py", "pages/build_a_student.py", "pages/frontier.py"])
+def test_pages_that_need_a_model_run_here_say_so_for_a_server(tiny_server, page):
+    server, _ = tiny_server
+    at = server_app(server.url)
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    assert any("needs a model run here" in i.value for i in at.info)

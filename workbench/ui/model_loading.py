@@ -35,6 +35,20 @@ def require_recipe() -> Recipe:
     return recipe
 
 
+def require_local(recipe: Recipe, what: str) -> None:
+    """Stop with a note where a page needs a model run here (its weights, its baseline), not a server's.
+
+    Args:
+        recipe: the sidebar's recipe.
+        what: the start of the sentence, e.g. "Measuring what a recipe changed".
+    """
+    if recipe.runtime == REMOTE:
+        st.info(f"{what} needs a model run here: the sidebar names a server ({recipe.label()}), which runs its own "
+                "weights and kernels. Chat, Compare, Monitor and Benchmark measure a server; give a local model in "
+                "the sidebar for this page.", icon=":material/dns:")
+        st.stop()
+
+
 def require_slots(*recipes: Recipe) -> list[shared.ModelSlot]:
     """The shared slots of these recipes, ready; their builds run together, each with a progress bar.
 
