@@ -293,6 +293,15 @@ def test_the_closed_mode_reports_its_load_too(recipe, tiny_model):
     assert entry["ttft_ms"]["p95"] is not None
 
 
+def test_the_closed_mode_stops_sending_at_the_duration(recipe, tiny_model):
+    # 2 users x 500 runs would take many seconds; after 1 s no user sends another.
+    entry = bench.run_bench(recipe, GenerationSettings(max_new_tokens=2), runs=500, warmup=0, model=tiny_model,
+                            concurrency=2, duration_s=1.0)
+    lo = entry["load"]
+    assert lo["ended_by"] == "duration" and lo["duration_limit_s"] == 1.0
+    assert 2 <= lo["requests"]["sent"] == lo["requests"]["finished"] < lo["requests"]["scheduled"] == 1000
+
+
 @pytest.mark.parametrize(("kwargs", "field"), [
     ({"request_rate": 0}, "request-rate"),
     ({"request_rate": -2.0}, "request-rate"),
@@ -316,3 +325,12 @@ def test_sweep_gives_one_entry_per_rate_in_order(recipe, tiny_model):
                           on_step=lambda i, total, m: steps.append((i, total)))
     assert [e["load"]["request_rate"] for e in entries] == [50.0, math.inf]
     assert steps == [(i, 6) for i in range(1, 7)]
+
+
+def test_the_tradeoff_compares_batch_sizes_at_one_rate():
+    def entry(batch, rate, tok_s):
+        return {"batch_size": batch, "throughput_tok_s": tok_s, "e2e_ms": {"p50": 100.0}, "tpot_ms": {"p50": 1.0},
+                "load": {"request_rate": rate}}
+
+    lines = bench.tradeoff([entry(1, 2.0, 10.0), entry(1, 8.0, 20.0), entry(4, 2.0, 30.0)])
+    assert len(lines) == 1 and lines[0].startswith("static at 2 req/s, batch 4: 3.0× the tokens per second of batch 1")

@@ -545,19 +545,22 @@ def tradeoff(entries: list[dict]) -> list[str]:
     E.g. "static, batch 16: 4.9× the tokens per second of batch 1; each token 2.7× slower to come (TPOT p50);
     each request 0.27× as long from submit to last token (E2E p50, queueing included)". With more users than
     the batch size, requests queue at small batch sizes, so E2E can fall while every token comes slower.
+    Entries under Poisson arrivals are compared at the same request rate ("static at 2 req/s, batch 4: ...").
     """
     lines = []
-    for scheduler in dict.fromkeys(e.get("scheduler", "static") for e in entries):
-        rows = sorted((e for e in entries if e.get("scheduler", "static") == scheduler), key=lambda e: e["batch_size"])
+    group = lambda e: (e.get("scheduler", "static"), (e.get("load") or {}).get("request_rate"))  # noqa: E731
+    for scheduler, rate in dict.fromkeys(group(e) for e in entries):
+        rows = sorted((e for e in entries if group(e) == (scheduler, rate)), key=lambda e: e["batch_size"])
         if len(rows) < 2:
             continue
         base = rows[0]
+        at = "" if rate is None else f" at {rate:g} req/s"
         for e in rows[1:]:
             speed = _ratio(e["throughput_tok_s"], base["throughput_tok_s"])
             e2e = _ratio(e["e2e_ms"]["p50"], base["e2e_ms"]["p50"])
             if speed is None or e2e is None:
                 continue
-            parts = [f"{scheduler}, batch {e['batch_size']}: {_times(speed)} the tokens per second of batch "
+            parts = [f"{scheduler}{at}, batch {e['batch_size']}: {_times(speed)} the tokens per second of batch "
                      f"{base['batch_size']}"]
             tpot = _ratio(e["tpot_ms"]["p50"], base["tpot_ms"]["p50"])
             if tpot is not None:

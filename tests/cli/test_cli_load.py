@@ -119,7 +119,7 @@ def test_a_servers_response_cache_never_answers_the_load(capsys, tiny_engine, ho
     assert len(hits) == 12 and not any(hits)
 
 
-def test_two_rates_on_a_local_model(capsys, tiny):
+def test_two_rates_on_a_local_model(capsys, tiny, home):
     report = bench_json(capsys, *tiny, "--request-rate", "20,inf", "--num-requests", 4, "--concurrency", 2,
                         "--ttft-slo-ms", 60_000, "--batch-sizes", 2)
     for entry, rate in zip(report["results"], (20.0, float("inf")), strict=True):
@@ -129,7 +129,7 @@ def test_two_rates_on_a_local_model(capsys, tiny):
         assert lo["requests"]["finished"] == 4 and lo["max_in_flight"] <= 2
 
 
-def test_a_duration_bound_says_what_was_sent(capsys, tiny):
+def test_a_duration_bound_says_what_was_sent(capsys, tiny, home):
     # One request a second on average, 0.5 s to send in: the first goes at 0, few (if any) follow.
     entry = bench_json(capsys, *tiny, "--request-rate", "1", "--num-requests", 50, "--duration-s", 0.5,
                        "--ttft-slo-ms", 60_000)["results"][0]
