@@ -160,10 +160,13 @@ def run_bench(
         One entry: the recipe, TTFT / TPOT / E2E / ITL / queue summaries in ms (of finished requests), decode
         tok/s median, min and max, throughput, memory, the batch sizes the engine ran, the model's stats, each
         measured run, and ``load``: ``mode``, ``request_rate``, ``achieved_rate``, ``concurrency``, ``requests``
-        {scheduled, sent, finished, failed, cut}, ``ended_by``, ``duration_s``, ``request_throughput``,
+        {scheduled, sent, finished, failed, cut}, ``ended_by`` ("count" | "duration" | "stop"),
+        ``duration_limit_s``, ``duration_s`` (the round's wall time), ``max_in_flight``, ``request_throughput``,
         ``throughput_tok_s``, ``ttft_ms`` / ``tpot_ms`` / ``e2e_ms`` / ``itl_ms`` / ``send_wait_ms`` {n, mean,
         p50, p90, p95, p99}, ``goodput`` {ttft_slo_ms, tpot_slo_ms, requests_ok, share, req_s} (None without
-        ``slo``), ``errors`` (and ``quality`` with ``evaluate``).
+        ``slo``), ``errors`` (up to 3 distinct messages of failed requests); and ``quality`` with ``evaluate``.
+        TTFT and E2E count from each request's send (vLLM's start); a Poisson request's wait for a free slot
+        under the cap, before its send, is its ``send_wait_ms``.
 
     Raises:
         RecipeError: a bad setting, naming its flag (``request-rate``, ``num-requests``, ``duration-s``,
