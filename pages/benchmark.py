@@ -9,11 +9,7 @@ st.title("Benchmark")
 recipe = model_loading.require_recipe()
 (slot,) = model_loading.require_slots(recipe)
 model_loading.model_card(slot)
-st.markdown(
-    "Several people use one model at once. Running their requests together in a **batch** reads the weights "
-    "once per step for all of them, so the machine produces more tokens per second in all, but each step does "
-    "more work, so each person waits longer. This page measures both sides of that trade-off on this machine."
-)
+st.markdown(benchmark.intro(recipe))
 
 spec = benchmark.sweep_settings(slot.model)
 job = benchmark.sweep_controls(slot.model, spec, benchmark.sweep_job(recipe))

@@ -276,3 +276,42 @@ def _small_line_layout(fig: go.Figure, title: str, x_title: str, y_title: str) -
 def empty_note(fig: go.Figure, text: str) -> None:
     fig.add_annotation(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5,
                        font=dict(size=13, color="#868e96"))
+
+
+RATE_METRICS = (("p50", "TTFT p50", "#e8590c", "solid"), ("p99", "TTFT p99", "#c92a2a", "dash"))
+
+
+def rate_label(rate: float | None) -> str:
+    """'0.5/s', '2/s', 'all at once' (inf) or 'closed loop' (None): a request rate as the Benchmark page names it."""
+    if rate is None:
+        return "closed loop"
+    return "all at once" if rate == float("inf") else f"{rate:g}/s"
+
+
+def rate_figure(entries: list[dict], title: str = "Time to first token against the request rate") -> go.Figure:
+    """TTFT p50 and p99 of each request rate (the entries' ``load``): one pair of lines per batch size and
+    scheduler, the rates in the order they ran (the x axis is categorical: inf has no place on a number line).
+
+    Args:
+        entries: ``bench.sweep`` entries of the Poisson mode (``load.request_rate``, ``load.ttft_ms``).
+        title: the chart title.
+    """
+    fig = go.Figure()
+    series: dict[tuple[int, str], list[dict]] = {}
+    for e in entries:
+        if e.get("load", {}).get("request_rate") is not None:
+            series.setdefault((e["batch_size"], e.get("scheduler", "static")), []).append(e)
+    for (batch_size, scheduler), rows in series.items():
+        which = "" if len(series) == 1 else f" · batch {batch_size} · {scheduler}"
+        x = [rate_label(e["load"]["request_rate"]) for e in rows]
+        for stat, name, colour, dash in RATE_METRICS:
+            y = [e["load"]["ttft_ms"][stat] for e in rows]
+            fig.add_trace(go.Scatter(
+                x=x, y=y, name=name + which, mode="lines+markers", line=dict(color=colour, width=2, dash=dash),
+                marker=dict(size=9, color=colour),
+                hovertemplate=f"{name}{which}<br>%{{x}}<br>%{{y:.0f}} ms<extra></extra>"))
+    if not fig.data:
+        empty_note(fig, "Run the benchmark at several request rates to see TTFT grow with the load")
+    return layout(fig, title, 380, top=50, legend_y=-0.2,
+                  xaxis=dict(title="request rate asked (Poisson arrivals)", type="category"),
+                  yaxis=dict(title="time to first token (ms)", rangemode="tozero"))

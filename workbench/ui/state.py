@@ -93,6 +93,10 @@ BENCH_CONCURRENCY = "bench.concurrency"
 BENCH_TOKENS = "bench.max_new_tokens"
 BENCH_RUNS = "bench.runs_per_user"
 BENCH_SCHEDULERS = "bench.schedulers"
+BENCH_RATES = "bench.request_rates"  # text: requests per second, comma-separated; empty = closed loop
+BENCH_NUM_REQUESTS = "bench.num_requests"  # per rate
+BENCH_TTFT_SLO = "bench.ttft_slo_ms"  # goodput's objectives; None = none
+BENCH_TPOT_SLO = "bench.tpot_slo_ms"
 BENCH_SHOWN = "bench.shown"  # name of the saved sweep on display
 
 OTHER_MODEL = "__other__"  # the "Other…" entry of the model selectbox (a value, not a key)
