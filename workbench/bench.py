@@ -12,9 +12,9 @@ says how requests are scheduled, timed, bounded and counted toward goodput). Thr
 round's wall time. Every entry carries a ``load`` object (``LoadRun.report``) in either mode.
 
 Against a server (the remote runtime) every request's prompt ends with a tag of its own, so that no response
-cache on the server can answer it (its hits would pass for model latency); in the Poisson mode each request
-streams as soon as it is sent (the engine's continuous scheduler, one stream per request), never held back by
-the client.
+cache on the server can answer it (its hits would pass for model latency); each greedy request streams as soon
+as it is sent, in either mode (the engine's continuous scheduler, one stream per request), never held back by
+the client's batch size.
 """
 
 from __future__ import annotations
@@ -289,8 +289,10 @@ def measure(model: LoadedModel, settings: GenerationSettings, runs: int, warmup:
     progress = _RequestCounter(on_step, total)
     window = DEFAULT_BATCH_WINDOW_S if batch_window_s is None else batch_window_s
     remote = model.recipe.runtime == REMOTE
-    if poisson and remote:
-        scheduler = "continuous"  # a server's requests each stream at once; the server batches them its way
+    if remote and (poisson or settings.greedy):
+        # A server's requests each stream at once, whatever the client's batch size (the server batches them its
+        # way), so that the client never holds one back; sampled ones (closed mode only) go as the engine sends them.
+        scheduler = "continuous"
     tag = uuid.uuid4().hex[:8] if remote else None
     engine = Engine(model, history=history, batch_size=batch_size, batch_window_s=window, scheduler=scheduler)
     try:

@@ -55,7 +55,11 @@ def home(tmp_path, monkeypatch):
 def bench_json(capsys, *flags):
     code, out, err = run_cli(capsys, "bench", "--max-new-tokens", TOKENS, "--warmup", 0, "--json", *flags)
     assert code == 0, err
-    return json.loads(out)
+    return json.loads(out, parse_constant=reject)  # strict JSON: an infinite rate is written "inf"
+
+
+def reject(name: str):
+    raise AssertionError(f"not strict JSON: {name}")
 
 
 def assert_consistent(entry: dict, asked: int) -> None:
@@ -80,9 +84,9 @@ def assert_consistent(entry: dict, asked: int) -> None:
 def test_two_rates_against_a_server(capsys, server, home):
     report = bench_json(capsys, "--model", server.url, "--request-rate", "4,inf", "--num-requests", 5,
                         "--concurrency", 3, "--ttft-slo-ms", 60_000, "--tpot-slo-ms", 60_000, "--seed", 3)
-    assert report["mode"] == "poisson" and report["request_rates"] == [4.0, float("inf")]
+    assert report["mode"] == "poisson" and report["request_rates"] == [4.0, "inf"]
     entries = report["results"]
-    assert [e["load"]["request_rate"] for e in entries] == [4.0, float("inf")]
+    assert [e["load"]["request_rate"] for e in entries] == [4.0, "inf"]
     for entry in entries:
         lo = entry["load"]
         assert lo["mode"] == "poisson" and lo["concurrency"] == 3 and lo["max_in_flight"] <= 3
@@ -122,7 +126,7 @@ def test_a_servers_response_cache_never_answers_the_load(capsys, tiny_engine, ho
 def test_two_rates_on_a_local_model(capsys, tiny, home):
     report = bench_json(capsys, *tiny, "--request-rate", "20,inf", "--num-requests", 4, "--concurrency", 2,
                         "--ttft-slo-ms", 60_000, "--batch-sizes", 2)
-    for entry, rate in zip(report["results"], (20.0, float("inf")), strict=True):
+    for entry, rate in zip(report["results"], (20.0, "inf"), strict=True):
         lo = entry["load"]
         assert lo["request_rate"] == rate and entry["batch_size"] == 2 and entry["scheduler"] == "static"
         assert_consistent(entry, 4)

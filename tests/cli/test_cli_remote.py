@@ -190,3 +190,14 @@ def test_bench_measures_a_server(capsys, server, home):
     assert code == 0, err
     entry = json.loads(out)["results"][0]
     assert entry["runs"] == 2 and entry["ttft_ms"]["n"] == 2 and entry["new_tokens"] == 8  # exactly 4 each
+
+
+def test_closed_loop_users_of_a_server_send_at_once_whatever_the_clients_batch_size(capsys, server, home):
+    code, out, err = run_cli(capsys, "bench", "--model", server.url, "--runs", "2", "--warmup", "0",
+                             "--concurrency", "3", "--max-new-tokens", "4", "--json")
+    assert code == 0, err
+    entry = json.loads(out)["results"][0]
+    assert entry["batch_size"] == 1 and entry["scheduler"] == "continuous" and entry["runs"] == 6
+    # One request after another, the answers' E2E would add up to less than the round's wall time; three users
+    # sending at once overlap (the server, at batch 1, queues them).
+    assert sum(run["e2e_ms"] for run in entry["per_run"]) > entry["wall_s"] * 1000, entry["per_run"]

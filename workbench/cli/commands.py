@@ -273,7 +273,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         except OSError:
             pass
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(output.strict_json(report), indent=2, allow_nan=False))  # --request-rate inf: "inf"
     else:
         print(load_table(entries) if poisson or slo else output.bench_table(entries))
     return 0

@@ -6,6 +6,7 @@ Results go to stdout (pure JSON with ``--json``); progress and warnings go to st
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
@@ -358,3 +359,15 @@ class StopOnInterrupt:
         self.requested = True
         # os.write, not print: a signal handler may run while print holds stderr's buffer.
         os.write(2, f"\n{PROG}: {self.message}\n".encode())
+
+
+def strict_json(value):
+    """``value`` with every infinite or NaN float written as the string "inf", "-inf" or "nan": strict JSON has no
+    such numbers (Python writes them as ``Infinity``, which jq and most parsers reject)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
