@@ -132,6 +132,8 @@ def test_every_mistake_is_one_line_naming_its_flag(capsys, server, keyed_server,
     assert_usage_error(code, out, err, "--eval", "not available for a remote server")
     code, out, err = run_cli(capsys, "profile", "--model", server.url, "--prompt", PROMPT)
     assert_usage_error(code, out, err, "--model", "a server runs its turn elsewhere")
+    code, out, err = run_cli(capsys, "distill", "--model", server.url, "--steps", "1")
+    assert_usage_error(code, out, err, "--model", "a server's weights stay on the server")
     code, out, err = run_cli(capsys, "sweep", "--model", server.url)
     assert_usage_error(code, out, err, "--model", "a server runs one recipe of its own")
 

@@ -450,7 +450,11 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if args.variant != "none":
         raise UsageError("--variant: distill builds a new student of --model; leave --variant out "
                          "(give the student's name to --variant of the other commands)")
-    recipe = check_buildable(recipe_from_args(args))
+    recipe = recipe_from_args(args)
+    if recipe.runtime == REMOTE:
+        raise UsageError("--model: distill trains a student from a teacher's weights, here; a server's weights stay "
+                         "on the server (distill a local model, then serve it with workbench serve)")
+    recipe = check_buildable(recipe)
     spec = spec_from_args(args)
     steps = args.steps or DEFAULT_STUDENT_STEPS
     name = student_name(recipe.model, spec)
