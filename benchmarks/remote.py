@@ -63,7 +63,7 @@ def main() -> None:
         gguf = catalog.embedded_gguf()
         port = _free_port()
         with served([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-                     "--port", str(port), "--n_threads", "2", "--n_ctx", "2048"],
+                     "--port", str(port), "--n_threads", "2", "--n_ctx", "2048", "--interrupt_requests", "False"],
                     "llama_cpp.server (embedded GGUF)", f"http://127.0.0.1:{port}/v1") as url:
             compare(url, settings, args)
 

@@ -404,7 +404,8 @@ def _gguf_commands(recipe: Recipe, source: Recipe, target: Path, gguf_name: str,
         "llama-server": (f"llama-server -m {file} --host {host} --port {PORTS['llama-server']} -t {source.threads} "
                          f"-c {context} --jinja"),
         "llama-cpp-python": (f"python -m llama_cpp.server --model {file} --host {host} --port "
-                             f"{PORTS['llama-cpp-python']} --n_threads {source.threads} --n_ctx {context}"),
+                             f"{PORTS['llama-cpp-python']} --n_threads {source.threads} --n_ctx {context} "
+                             "--interrupt_requests False"),
         "ollama-create": f"cd {shlex.quote(str(target))} && ollama create {name} -f {MODELFILE}",
         "ollama-run": f"ollama run {name}",
         "bench-llama-server": f"workbench bench --model http://{reach}:{PORTS['llama-server']}/v1",
@@ -413,6 +414,8 @@ def _gguf_commands(recipe: Recipe, source: Recipe, target: Path, gguf_name: str,
     }
     notes = ["llama-cpp-python's server applies a repeat penalty of 1.1 unless a request sets \"repeat_penalty\": 1.0; "
              "with it, its greedy answers are the tokens measured here (llama-server's default is already 1.0)",
+             "llama-cpp-python's server answers one request at a time and, by default, cuts the running answer short "
+             "when another request arrives; --interrupt_requests False makes the next one wait instead",
              f"-t {source.threads} is the threads measured here (one per physical core of this machine); on "
              "another machine give it that machine's physical cores"]
     if recipe.runtime != "llama.cpp":

@@ -308,7 +308,8 @@ def llama_server(tmp_path_factory):
     log = tmp_path_factory.mktemp("llama-server") / "stderr.txt"
     with open(log, "w") as stderr:  # a file, not a pipe: llama.cpp's loading log would fill a pipe and block it
         proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host",
-                                 "127.0.0.1", "--port", str(port), "--n_threads", "2", "--n_ctx", "2048"],
+                                 "127.0.0.1", "--port", str(port), "--n_threads", "2", "--n_ctx", "2048",
+                                 "--interrupt_requests", "False"],  # its default cuts an answer when another comes
                                 stdout=subprocess.DEVNULL, stderr=stderr, text=True)
     url = f"http://127.0.0.1:{port}/v1"
 
@@ -355,3 +356,18 @@ def test_a_delay_in_front_of_llama_cpp_python_server_shows_in_the_first_chunk(ll
             finally:
                 model.close()
     assert firsts["proxied"] - firsts["direct"] >= 0.8 * DELAY_S * 1000, firsts
+
+
+@pytest.mark.slow
+def test_a_small_load_test_of_llama_cpp_python_server_reports_goodput(llama_server):
+    from workbench import bench
+
+    slo = bench.Slo(ttft_ms=120_000, tpot_ms=120_000)  # objectives every answer meets: goodput counts them all
+    entry = bench.run_bench(Recipe(model=llama_server), GenerationSettings(max_new_tokens=4), warmup=0,
+                            request_rate=4.0, num_requests=4, concurrency=2, slo=slo)
+    load = entry["load"]
+    assert load["mode"] == "poisson" and load["requests"] == {"scheduled": 4, "sent": 4, "finished": 4, "failed": 0,
+                                                              "cut": 0}
+    assert 1 <= load["max_in_flight"] <= 2 and load["ttft_ms"]["n"] == 4 and load["ttft_ms"]["p99"] > 0
+    assert load["goodput"]["requests_ok"] == 4 and load["goodput"]["share"] == 1.0
+    assert all(run["new_tokens"] >= 1 for run in entry["per_run"])
