@@ -17,14 +17,14 @@ def test_every_interface_or_another_address_is_not_loopback(address):
 
 def test_on_loopback_everything_is_allowed_and_the_cache_is_shared():
     access = Access.from_env("localhost", {})
-    assert access.remote_code and access.paths and access.downloads and access.cache_settings
+    assert access.remote_code and access.paths and access.downloads and access.cache_settings and access.servers
     assert access.cache_scope == "shared" and access.loopback and not access.problems
 
 
 @pytest.mark.parametrize("address", [None, "0.0.0.0"])
 def test_off_loopback_everything_is_off_and_the_cache_is_per_session(address):
     access = Access.from_env(address, {})
-    assert not (access.remote_code or access.paths or access.downloads or access.cache_settings)
+    assert not (access.remote_code or access.paths or access.downloads or access.cache_settings or access.servers)
     assert access.cache_scope == "session" and not access.problems
 
 
@@ -36,6 +36,8 @@ def test_the_operator_allows_each_feature_on_its_own():
     local = Access.from_env("127.0.0.1", {"WORKBENCH_ALLOW_REMOTE_CODE": "0", "WORKBENCH_CACHE_SCOPE": "session"})
     assert not local.remote_code and local.paths and local.cache_scope == "session" and not local.cache_settings
     assert Access.from_env("::", {"WORKBENCH_ALLOW_CACHE_SETTINGS": "1"}).cache_settings
+    assert Access.from_env("0.0.0.0", {"WORKBENCH_ALLOW_SERVERS": "1"}).servers
+    assert not Access.from_env("localhost", {"WORKBENCH_ALLOW_SERVERS": "no"}).servers
 
 
 def test_a_value_that_means_nothing_counts_as_off_and_says_so():

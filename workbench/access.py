@@ -1,6 +1,6 @@
 """What the operator lets the app's visitors do, read from environment variables when the app starts a run.
 
-Streamlit has no login: whoever reaches the app's address uses it. Four things reach beyond the app itself, and
+Streamlit has no login: whoever reaches the app's address uses it. Five things reach beyond the app itself, and
 each is off unless the operator allows it:
 
 ``WORKBENCH_ALLOW_REMOTE_CODE``
@@ -10,10 +10,13 @@ each is off unless the operator allows it:
 ``WORKBENCH_ALLOW_DOWNLOADS``
     a hub id that is not in the server's Hugging Face cache yet: a download of up to many GB. The embedded model
     and hub models already in the cache need no download and always load.
+``WORKBENCH_ALLOW_SERVERS``
+    a server URL typed as the model (an OpenAI-compatible server): the app then sends requests to any address the
+    visitor names, with the key held by any environment variable they name.
 ``WORKBENCH_ALLOW_CACHE_SETTINGS``
     the response cache's size limit and its Clear button, which apply to every user of the server.
 
-Each is ``1``/``true``/``yes`` or ``0``/``false``/``no``. Unset, the first three are allowed only when the app
+Each is ``1``/``true``/``yes`` or ``0``/``false``/``no``. Unset, the first four are allowed only when the app
 listens on a loopback address (``localhost``, ``127.x.x.x``, ``::1``): an empty or unset address makes Streamlit
 listen on every interface, so it is not loopback. ``WORKBENCH_ALLOW_CACHE_SETTINGS`` defaults to allowed when the
 response cache is shared and off when it is kept per session.
@@ -44,6 +47,8 @@ FEATURES = {
     "paths": ("WORKBENCH_ALLOW_PATHS", "Loading a local model directory or .gguf file typed in"),
     "downloads": ("WORKBENCH_ALLOW_DOWNLOADS", "Downloading a hub model that is not in this server's Hugging Face "
                                                "cache"),
+    "servers": ("WORKBENCH_ALLOW_SERVERS", "Measuring a server typed in as the model (requests to any address, with "
+                                           "the key of any environment variable named)"),
     "cache_settings": ("WORKBENCH_ALLOW_CACHE_SETTINGS", "Changing the shared response cache's size limit or "
                                                          "clearing it"),
 }
@@ -57,6 +62,7 @@ class Access:
     paths: bool
     downloads: bool
     cache_settings: bool
+    servers: bool
     cache_scope: str  # "shared" | "session"
     loopback: bool  # the app listens on a loopback address only
     problems: tuple[str, ...] = ()  # variables with a value that means nothing (counted as off)
@@ -86,6 +92,7 @@ class Access:
 
         return cls(remote_code=flag("remote_code", loopback), paths=flag("paths", loopback),
                    downloads=flag("downloads", loopback), cache_settings=flag("cache_settings", scope == "shared"),
+                   servers=flag("servers", loopback),
                    cache_scope=scope, loopback=loopback, problems=tuple(problems))
 
     def allows(self, feature: str) -> bool:

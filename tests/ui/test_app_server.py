@@ -89,6 +89,16 @@ def test_a_url_that_is_not_a_servers_is_one_clear_error():
     assert "must not hold credentials" in error and "secret" not in error
 
 
+def test_a_server_is_refused_when_the_operator_has_not_allowed_servers(tiny_server, monkeypatch):
+    server, _ = tiny_server
+    monkeypatch.setenv("WORKBENCH_ALLOW_SERVERS", "0")
+    at = server_app(server.url).run()
+    assert not at.exception
+    errors = " ".join(sidebar_errors(at))
+    assert "is a server" in errors and "WORKBENCH_ALLOW_SERVERS=1" in errors
+    assert at.session_state[state.RECIPE] is None and not at.chat_input
+
+
 def test_switching_from_a_local_model_to_a_server_and_back(tiny_model_dir, tiny_server):
     server, _ = tiny_server
     at = tiny_app(tiny_model_dir).run()

@@ -150,11 +150,11 @@ def access_refusal(model: str, variant: str, access: Access) -> str | None:
 
     A local directory or .gguf file (or anything that names a path) needs ``access.paths``; a hub id that is not in
     the local Hugging Face cache, the model's own or a public distilled variant's, needs ``access.downloads``.
-    The embedded model and cached hub models are always allowed. A server URL needs ``servers_allowed``.
+    The embedded model and cached hub models are always allowed. A server URL needs ``access.servers``.
     """
     kind = "embedded" if model == EMBEDDED else _source_kind(model)
     if kind == "server":
-        return None if servers_allowed(access) else SERVERS_OFF
+        return None if access.servers else f"{model} is a server. {access.why_off('servers')}"
     if kind in ("gguf", "dir", "path") and not access.paths:
         return f"{model} is a local path. {access.why_off('paths')}"
     hub_ids = [model] if kind == "hub" else []
@@ -179,16 +179,6 @@ def resolve_choice(model: str, device: str, dtype: str, backend: str = "auto", p
         return runtimes.check(recipe), None
     except RecipeError as exc:
         return None, str(exc)
-
-
-SERVERS_OFF = ("A server URL makes this app send requests to any address, with a key read from its own "
-               "environment; it is offered only when the app listens on a loopback address (localhost).")
-
-
-def servers_allowed(access: Access) -> bool:
-    """Whether a visitor may name a server (and the environment variable of its key): an app on loopback only, unless
-    ``workbench.access`` says otherwise (a ``servers`` feature of its own, where it has one)."""
-    return bool(getattr(access, "servers", access.loopback))
 
 
 def server_controls(url: str, prefix: str = state.RECIPE_PREFIX) -> tuple[Recipe | None, str | None]:
@@ -399,7 +389,7 @@ def _model_input(prefix: str, access: Access) -> str | None:
          "Enter a Hugging Face hub id, a local model directory or a local .gguf file.") if access.paths else
         ("Hub id", "org/name", "Enter a Hugging Face hub id (local paths are off on this server)."))
     help_text = None
-    if servers_allowed(access):  # the label stays short; placeholder, hint and help say a URL works too
+    if access.servers:  # the label stays short; placeholder, hint and help say a URL works too
         placeholder += ", or http://HOST:PORT/v1"
         hint = hint[:-1] + "; or an OpenAI-compatible server's URL, http://HOST:PORT/v1."
         help_text = ("An http(s) URL names an OpenAI-compatible server (vLLM, TGI, llama.cpp's server, Ollama, "
