@@ -24,8 +24,10 @@ draw.chart(live_chart, charts.token_latency_figure(chat.last_token_times(transcr
 chat.draw_history(history_chart, "history")
 with chat_col:
     if not transcript:
+        where = ("as each chunk arrives from the server, with TTFT split into network, queue and the server's own "
+                 "time" if engine.recipe.runtime == "remote" else "where the model emits each token")
         st.caption("Ask anything below. Each reply shows its time to first token (TTFT), time per output token "
-                   "(TPOT) and decode speed, measured where the model emits each token.")
+                   f"(TPOT) and decode speed, measured {where}.")
     chat.chat_transcript(transcript)
 
 prompt = st.chat_input("Message the model", disabled=settings is None)
