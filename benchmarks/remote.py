@@ -6,7 +6,7 @@ headers and chunks held ``--delay-ms`` after they arrive). Then, in ``--rounds``
 ``--max-new-tokens`` tokens straight from the server and one through the delay line, alternating which goes
 first so that drift falls on both. Every answer is measured by the workbench's remote runtime, as
 ``workbench generate --model URL`` measures it: client TTFT, and the network split (``first_chunk_ms``, the
-server's own ``server_prefill_ms`` from its ``timings``, ``network_ms`` = first chunk − server prefill).
+server's own ``server_queue_ms`` and ``server_prefill_ms`` from its ``timings``, ``network_ms`` = first chunk − both).
 
 Prints every answer, the medians of each path, and what the delay line added to each part: it should land on
 ``network_ms`` (and ``first_chunk_ms``), not on the server's prefill. With ``--llama-server`` it measures
@@ -39,7 +39,7 @@ from workbench.serving.http import HttpServer  # noqa: E402
 
 PROMPT = "Explain in a few sentences why the first token of an answer takes longer than the ones after it."
 DEFAULT_RECIPE = ["--runtime", "llama.cpp", "--dtype", "q4_0"]
-FIELDS = ("ttft_ms", "headers_ms", "first_chunk_ms", "server_prefill_ms", "network_ms")
+FIELDS = ("ttft_ms", "headers_ms", "first_chunk_ms", "server_queue_ms", "server_prefill_ms", "network_ms")
 START_S = 600  # a first build converts and quantizes the model: minutes on 2 cores
 
 

@@ -36,6 +36,9 @@ def test_a_servers_ttft_is_split_into_network_queue_and_server_prefill():
     line = chat.format_metrics(metrics)
     assert line.startswith("TTFT 41 ms = network 12 ms + queue 0.4 ms + server prefill 28 ms · TPOT 5.0 ms · ")
     assert "8 new tokens" in line
+    queued = dict(metrics, network={**metrics["network"], "server_queue_ms": 3.0, "network_ms": 7.5})
+    assert chat.format_metrics(queued).startswith("TTFT 41 ms = network 9.0 ms + queue 0.4 ms + server queue 3.0 ms "
+                                                  "+ server prefill 28 ms")
 
 
 def test_without_server_timings_the_split_is_connect_headers_and_first_chunk_and_chunks_are_counted():

@@ -174,7 +174,9 @@ def network_text(result) -> str:
     if net.get("server_ms") is None:
         parts.append("the server reports no timings")
     else:
-        parts += [f"server {ms('server_ms')} (prefill {ms('server_prefill_ms')})", f"network {ms('network_ms')}"]
+        queued = "" if net.get("server_queue_ms") is None else f", queue {ms('server_queue_ms')}"
+        parts += [f"server {ms('server_ms')} (prefill {ms('server_prefill_ms')}{queued})",
+                  f"network {ms('network_ms')}"]
     if result.per_chunk:
         parts.append(f"{net.get('chunks', result.new_tokens)} chunks counted as tokens (no usage report)")
     if result.cut:

@@ -23,9 +23,12 @@ gives the connection's and the request's moments; the engine's queue comes befor
 - ``server_prefill_ms``, ``server_decode_ms``: the server's own prompt and generation time, from the
   llama.cpp-style ``timings`` object (``prompt_ms``, ``predicted_ms``) of its last chunk; ``server_ms`` is their
   sum. None when the server reports no timings (vLLM, Ollama, llama-cpp-python's server).
-- ``network_ms`` = ``first_chunk_ms`` − ``server_prefill_ms``: the part of TTFT after the request left that the
-  server's prefill does not explain: the trip there and back, the server's HTTP handling and its queue. None
-  without server timings (then only ``headers_ms`` and ``first_chunk_ms`` bound it).
+- ``server_queue_ms``: how long the request waited in the server's queue before its prefill, where the server
+  reports it (``timings.queue_ms``: ``workbench serve`` does; llama.cpp's server does not).
+- ``network_ms`` = ``first_chunk_ms`` − ``server_prefill_ms`` − ``server_queue_ms``: the part of TTFT after the
+  request left that the server's own time does not explain: the trip there and back and the server's HTTP
+  handling (and its queue, where it does not report one). None without server timings (then only ``headers_ms``
+  and ``first_chunk_ms`` bound it).
 
 The API key is read from the environment variable the recipe names (``api_key_env``); it lives only in the
 client's headers: never in the recipe, its key, the history, the cache or a message (server messages are scrubbed
@@ -492,7 +495,9 @@ class _Clock:
         connect = [self.span(f"{step}.started", f"{step}.complete") for step in ("connect_tcp", "start_tls")]
         sent = self.at.get("send_request_body.complete")
         prefill, decode = (_ms_field(timings, "prompt_ms"), _ms_field(timings, "predicted_ms"))
+        waited = _ms_field(timings, "queue_ms")  # the server's own queue, where it reports one (workbench serve)
         first_chunk = None if sent is None or first_at is None else (first_at - sent) * 1000
+        beyond = None if prefill is None or first_chunk is None else first_chunk - prefill - (waited or 0.0)
         return {
             "connect_ms": _round(sum(s for s in connect if s is not None) * 1000),
             "reused_connection": "connect_tcp.started" not in self.at,
@@ -502,8 +507,9 @@ class _Clock:
             "first_chunk_ms": _round(first_chunk),
             "server_prefill_ms": _round(prefill),
             "server_decode_ms": _round(decode),
+            "server_queue_ms": _round(waited),
             "server_ms": _round(None if prefill is None or decode is None else prefill + decode),
-            "network_ms": _round(None if prefill is None or first_chunk is None else first_chunk - prefill),
+            "network_ms": _round(beyond),
             "chunks": served.chunks,
             "tokens_from": "chunks" if served.per_chunk else "usage",
         }

@@ -108,15 +108,17 @@ def format_metrics(metrics: dict, recipe_label: str | None = None) -> str:
 
 def network_split(metrics: dict) -> str:
     """What a server's TTFT is made of (``runtimes.remote``'s network split): '= network 12 ms + queue 0.4 ms +
-    server prefill 28 ms' where the server reports its timings; else '(connect 1.2 ms · headers 30 ms · first
+    server queue 3 ms + server prefill 28 ms' where the server reports its timings (its queue where it says); else '(connect 1.2 ms · headers 30 ms · first
     chunk 31 ms)', which only bound the network's part."""
     network = metrics["network"]
     prefill, beyond = network.get("server_prefill_ms"), network.get("network_ms")
     if prefill is not None and beyond is not None:
         # request_ms (connect, send) and network_ms (the trip, the server's HTTP and queue) are both the network's
         trip = (network.get("request_ms") or 0.0) + beyond
-        return (f"= network {_ms(trip)} ms + queue {_ms(metrics.get('queue_ms') or 0.0)} ms + server prefill "
-                f"{_ms(prefill)} ms")
+        waited = network.get("server_queue_ms")
+        server_queue = "" if waited is None else f" + server queue {_ms(waited)} ms"
+        return (f"= network {_ms(trip)} ms + queue {_ms(metrics.get('queue_ms') or 0.0)} ms{server_queue} + server "
+                f"prefill {_ms(prefill)} ms")
     connect = ("connection reused" if network.get("reused_connection") else
                f"connect {_ms(network.get('connect_ms'))} ms")
     return (f"({connect} · headers {_ms(network.get('headers_ms'))} ms · first chunk "
