@@ -86,13 +86,18 @@ def test_serve_answers_the_openai_client_and_stops_on_ctrl_c(tmp_path, tiny):
 
 @pytest.mark.slow
 def test_serve_runs_the_embedded_model_under_llama_cpp(tmp_path):
-    proc, port = start(tmp_path, "--runtime", "llama.cpp", "--dtype", "q8_0", "--device", "cpu", "--no-cache")
+    proc, port = start(tmp_path, "--runtime", "llama.cpp", "--dtype", "q8_0", "--device", "cpu", "--no-cache",
+                       "--served-model-name", "smollm2-q8")
     try:
         ready(proc, port, 600)
         api, name = ask(port)
+        assert name == "smollm2-q8"  # the name given, as vLLM's --served-model-name
         answer = api.chat.completions.create(model=name, messages=[{"role": "user", "content": "What is 2 + 2?"}],
                                              max_tokens=16)
-        assert answer.choices[0].message.content.strip()
+        assert answer.choices[0].message.content.strip() and answer.model == "smollm2-q8"
+        key = api.models.list().data[0].model_extra["recipe_key"]
+        by_key = api.chat.completions.create(model=key, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+        assert by_key.choices[0].message.content is not None  # the recipe's key still names it
         timings = answer.model_extra["timings"]
         assert timings["predicted_n"] == answer.usage.completion_tokens and timings["prompt_ms"] > 0
         code, _, err = interrupt(proc)
@@ -110,6 +115,7 @@ def test_serve_runs_the_embedded_model_under_llama_cpp(tmp_path):
     (["--api-key-env", "sk-a key"], "--api-key-env", "not an environment variable name"),
     (["--model", "http://127.0.0.1:9/v1"], "--model", "local source"),
     (["--runtime", "remote"], "--runtime", "transformers, llama.cpp"),
+    (["--served-model-name", "my model"], "--served-model-name", "no spaces"),
     (["--max-new-tokens", "100000"], "--max-new-tokens", "8192"),
 ])
 def test_bad_serve_flags_are_one_line(capsys, argv, flag, allowed):

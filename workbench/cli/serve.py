@@ -30,6 +30,7 @@ DEFAULT_MAX_QUEUE = 32  # requests that may wait for the model; one more is answ
 GRACE_S = 5.0  # what requests still running at Ctrl-C get to finish
 POLL_S = 0.2  # how often the main thread looks for Ctrl-C and a server that died
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+SERVED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 LOCAL_RUNTIMES = ("transformers", "llama.cpp")  # the runtimes that load the model in this process
 
@@ -51,6 +52,9 @@ def add_parser(commands) -> argparse.ArgumentParser:
     group.add_argument("--api-key-env", default=None, metavar="VAR",
                        help="name of the environment variable that holds the API key clients must send as "
                             "'Authorization: Bearer KEY' (default: no key); the key itself is never a flag")
+    group.add_argument("--served-model-name", default=None, metavar="NAME",
+                       help="the model's name in /v1/models and in answers, as vLLM's flag of that name (default: "
+                            "the recipe's key; requests may name the key either way)")
     group.add_argument("--max-queue", type=int_at_least(0), default=DEFAULT_MAX_QUEUE, metavar="N",
                        help=f"requests that may wait for the model; one more is answered 429 (default "
                             f"{DEFAULT_MAX_QUEUE})")
@@ -93,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
     if args.runtime not in LOCAL_RUNTIMES:
         raise UsageError(f"--runtime: workbench serve runs the model here; allowed: {', '.join(LOCAL_RUNTIMES)}")
     api_key = api_key_from_env(args.api_key_env)
+    name = args.served_model_name
+    if name is not None and not SERVED_NAME.fullmatch(name):
+        raise UsageError(f"--served-model-name: {name[:60]!r} is not a model name; use 1 to 200 letters, digits and "
+                         "'.', '_', '-', ':', '/' (no spaces)")
     defaults = GenerationSettings(max_new_tokens=args.max_new_tokens)  # RecipeError names --max-new-tokens
     from .commands import check_buildable, history, recipe_from_args, said_problem
 
@@ -122,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
             raise Failed(f"--scheduler: {problem}", status=2)
         store = history()
         engine = Engine(model, store, scheduler=args.scheduler, batch_window_s=args.batch_window_ms / 1000)
-        service.attach(engine, _answers(args))
+        service.attach(engine, _answers(args), name)
         output.say(f"serving {engine.recipe.label()} as model {service.model_id} ({model.stats.backend}); "
                    f"queue of {args.max_queue}{', API key required' if api_key else ''}; Ctrl-C stops")
         print(server.url, flush=True)

@@ -293,12 +293,17 @@ class Service:
         if engine is not None:
             self.attach(engine)
 
-    def attach(self, engine: Engine, answer: Answer | None = None) -> None:
-        """Serve ``engine`` from now on (until then every chat request is answered 503)."""
+    def attach(self, engine: Engine, answer: Answer | None = None, name: str | None = None) -> None:
+        """Serve ``engine`` from now on (until then every chat request is answered 503), as model ``name`` (default:
+        its recipe's key, which requests may name in any case, as they may the recipe's label)."""
         with self._lock:
             self.engine, self.answer = engine, answer or self.answer
-            self.model_id, self.label = model_id(engine.recipe), engine.recipe.label()
+            self.model_id, self.label = name or model_id(engine.recipe), engine.recipe.label()
             self.closing = False
+
+    def serves(self, name: str) -> bool:
+        """Whether a request's ``model`` names what is served: its name, its recipe's key or label."""
+        return self.engine is not None and name in (self.model_id, model_id(self.engine.recipe), self.label)
 
     def close(self, grace_s: float = 5.0) -> int:
         """Refuse new requests (503), give those in flight ``grace_s`` seconds to end, then stop the rest (they
@@ -337,7 +342,7 @@ class Service:
                            code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
     def check_model(self, name: str | None) -> None:
-        if name and self.model_id and name not in (self.model_id, self.label):
+        if name and self.model_id and not self.serves(name):
             raise ApiError(404, f"the model {name[:200]!r} is not served here; this server serves "
                                 f"{self.model_id!r} ({self.label}); see GET /v1/models", code="model_not_found",
                            param="model")
@@ -520,7 +525,7 @@ def create_app(engine: Engine | None, *, max_queue: int, answer: Answer = submit
     def card() -> dict:
         recipe = service.engine.recipe
         return {"id": service.model_id, "object": "model", "created": service.created, "owned_by": "workbench",
-                "label": service.label, "recipe": recipe.to_dict()}
+                "label": service.label, "recipe": recipe.to_dict(), "recipe_key": model_id(recipe)}
 
     @app.get("/v1/models", dependencies=[Depends(service.authorize)])
     async def models():
@@ -528,7 +533,7 @@ def create_app(engine: Engine | None, *, max_queue: int, answer: Answer = submit
 
     @app.get("/v1/models/{name:path}", dependencies=[Depends(service.authorize)])
     async def model(name: str):
-        if service.engine is None or name not in (service.model_id, service.label):
+        if not service.serves(name):
             raise ApiError(404, f"the model {name[:200]!r} is not served here; see GET /v1/models",
                            code="model_not_found", param="model")
         return card()
