@@ -31,17 +31,15 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, GenerationConfig
-from transformers.generation.logits_process import LogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import AutoModelForCausalLM
 
 from .. import loading, store
-from ..conversation import encode_chat
 from ..progress import OnStep, no_step
 from ..recipe import DEFAULT_STUDENT_STEPS, PruneSpec, Recipe, RecipeError, StudentSpec
+from .corpus import PROMPTS, teacher_corpus  # noqa: F401  (PROMPTS: where the training prompts live)
 from .prune import calibration_inputs, prune_
 from .variants import find_student, student_key, student_name
 
-PROMPTS = Path(__file__).resolve().parents[2] / "assets" / "distill" / "prompts.txt"
 PROGRESS = "progress.json"  # written last into a checkpoint: its presence means the checkpoint is complete
 log = logging.getLogger(__name__)
 
@@ -97,7 +95,7 @@ def _train(model, spec: StudentSpec, steps: int, name: str, key: str, done: Path
     on_step(0, steps, {"stage": "teacher writes the training text"})
     if done is not None and not (work / "corpus.json").is_file() and (done / "corpus.json").is_file():
         store.write_file(work / "corpus.json", (done / "corpus.json").read_bytes())  # resuming: the same text
-    corpus = _corpus(teacher, tokenizer, spec, work)
+    corpus = teacher_corpus(teacher, tokenizer, spec, work)
     student, done_steps, losses, optimizer_state = _init_or_resume(teacher, tokenizer, spec, work, key, done, on_step)
     optimizer = torch.optim.AdamW(student.parameters(), lr=spec.lr, weight_decay=0.0)
     _load_optimizer(optimizer, *optimizer_state)
@@ -134,75 +132,6 @@ def _work_dir(key: str) -> Path:
     for leftover in [work / "checkpoint.new", work / "checkpoint.tmp", *work.glob(".*.trash-*"), *work.glob(".*.tmp")]:
         store.discard(leftover)
     return work
-
-
-def _is_corpus(value) -> bool:
-    """Whether a corpus file's JSON is what ``_corpus`` writes: a non-empty list of non-empty token id lists."""
-    return (isinstance(value, list) and bool(value) and all(
-        isinstance(seq, list) and seq and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in seq)
-        for seq in value))
-
-
-def _corpus(teacher, tokenizer, spec: StudentSpec, work: Path) -> list[list[int]]:
-    """Teacher-written answers to the project's prompts (chat-formatted token ids), cached in the work dir."""
-    path = work / "corpus.json"
-    if path.is_file():
-        try:
-            sequences = json.loads(path.read_text())
-        except ValueError:  # cut short by an older version's in-place write: written again
-            log.warning("%s is not complete JSON; the teacher writes the training text again", path)
-        else:
-            if _is_corpus(sequences):
-                return sequences
-            log.warning("%s does not hold token sequences; the teacher writes the training text again", path)
-    prompts = [p.strip() for p in PROMPTS.read_text().splitlines() if p.strip()]
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    # Sampled (temperature 0.8, top-p 0.95) by a draw of its own; generate itself is greedy, so draws nothing.
-    config = GenerationConfig(
-        max_new_tokens=spec.corpus_new_tokens, do_sample=False, top_k=None, temperature=None, top_p=None,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=teacher.generation_config.eos_token_id,
-    )
-    draw = _SeededDraw(spec.seed, temperature=0.8, top_p=0.95)
-    sequences = []
-    for _ in range(spec.samples_per_prompt):
-        for i in range(0, len(prompts), 16):
-            chunk = [encode_chat(tokenizer, [{"role": "user", "content": p}]) for p in prompts[i : i + 16]]
-            width = max(map(len, chunk))
-            ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(c)) + c for c in chunk])
-            mask = (torch.arange(width).unsqueeze(0) >= torch.tensor([width - len(c) for c in chunk]).unsqueeze(1)).long()
-            with torch.no_grad():
-                out = teacher.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                                       logits_processor=[draw])
-            for row, prompt in zip(out, chunk):
-                answer = row[width:].tolist()
-                while answer and answer[-1] == tokenizer.pad_token_id and tokenizer.pad_token_id != teacher.generation_config.eos_token_id:
-                    answer.pop()
-                sequences.append((prompt + answer)[: spec.seq_len])
-    try:
-        store.write_file(path, json.dumps(sequences))
-    except OSError as exc:
-        unable = store.write_failure(exc, work)
-        if unable is None:
-            raise
-        raise unable from None
-    return sequences
-
-
-class _SeededDraw(LogitsProcessor):
-    """Temperature and top-p sampling from a generator of its own: it draws each row's token and leaves only that
-    token possible, so that greedy generate picks it without touching the process-wide RNG."""
-
-    def __init__(self, seed: int, temperature: float, top_p: float):
-        self.warpers = [TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)]
-        self.generator = torch.Generator().manual_seed(int(seed))
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        for warper in self.warpers:
-            scores = warper(input_ids, scores)
-        chosen = torch.multinomial(scores.float().softmax(-1), 1, generator=self.generator)  # (B, 1)
-        return torch.full_like(scores, float("-inf")).scatter_(1, chosen, 0.0)
 
 
 def _init_or_resume(teacher, tokenizer, spec: StudentSpec, work: Path, key: str, done: Path | None,
