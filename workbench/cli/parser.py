@@ -12,7 +12,7 @@ from dataclasses import MISSING, fields
 
 from ..load import DEFAULT_GRACE_S, DEFAULT_NUM_REQUESTS, MAX_NUM_REQUESTS
 from ..observe.prometheus import DEFAULT_METRICS_PORT
-from ..recipe import (DEFAULT_STUDENT_STEPS, DEVICES, DTYPES, LLAMA_CPP_ALIASES, LLAMA_CPP_DTYPES, MAX_PRUNE_RATIO,
+from ..recipe import (CORPUS_RUNTIMES, DEFAULT_STUDENT_STEPS, DEVICES, LAYER_CHOICES, DTYPES, LLAMA_CPP_ALIASES, LLAMA_CPP_DTYPES, MAX_PRUNE_RATIO,
                       PRUNE_CRITERIA, PRUNE_METHODS, RUNTIMES, TRANSFORMERS_DTYPES, GenerationSettings, PruneSpec, Recipe,
                       StudentSpec)
 from ..response_cache.keys import DEFAULT_THRESHOLD
@@ -241,6 +241,10 @@ def student_dest(field: str) -> str:
     return STUDENT_FLAGS[field][0].removeprefix("--").replace("-", "_")
 
 
+def _shown(value) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
 def _distill_flags(parser: argparse.ArgumentParser) -> None:
     # Spec flags default to None so that only the flags given override the StudentSpec defaults.
     group = parser.add_argument_group("student")
@@ -249,7 +253,7 @@ def _distill_flags(parser: argparse.ArgumentParser) -> None:
                             f"{DEFAULT_STUDENT_STEPS})")
     for field, (flag, parse, metavar, what) in STUDENT_FLAGS.items():
         group.add_argument(flag, type=parse, default=None, metavar=metavar,
-                           help=f"{what} (default {default(StudentSpec, field):g})")
+                           help=f"{what} (default {_shown(default(StudentSpec, field))})")
     group.add_argument("--no-eval", action="store_true", help="skip measuring the student's and teacher's quality")
     _quality_flags(parser, max_eval_tokens=1024)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -313,6 +317,15 @@ def float_in(low: float, high: float):
     return number_in(float, low, high)
 
 
+def one_of(allowed: tuple[str, ...]):
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise argparse.ArgumentTypeError(f"must be one of {', '.join(allowed)}, got {text!r}")
+        return text
+
+    return parse
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -372,4 +385,17 @@ STUDENT_FLAGS = {
                                                                        "writes"),
     "samples_per_prompt": ("--samples-per-prompt", int_at_least(1), "N", "teacher answers per training prompt"),
     "seed": ("--seed", int_at_least(0), "S", "seed of the training text and batch order"),
+    # Weights are checked by StudentSpec (0 or more; not all 0), which names the flag.
+    "kl_weight": ("--kl-weight", float, "W", "weight of the KL loss on the teacher's next-token distribution"),
+    "layers_weight": ("--layers-weight", float, "W", "weight of the hidden-state loss of each student layer against "
+                                                     "the teacher layer it was copied from"),
+    "attention_weight": ("--attention-weight", float, "W", "weight of the attention-distribution loss of mapped "
+                                                           "layers (runs the teacher every step)"),
+    "teacher_top_k": ("--teacher-top-k", int_at_least(0), "K", "teacher log-probs per token cached once per corpus "
+                                                               "(0 = run the teacher every step)"),
+    "layer_choice": ("--layer-choice", one_of(LAYER_CHOICES), "{" + ",".join(LAYER_CHOICES) + "}",
+                     "how the layers the student drops are chosen"),
+    "prompts": ("--prompts", int_at_least(1), "N", "training prompts taken from the prompt file"),
+    "corpus_runtime": ("--corpus-runtime", one_of(CORPUS_RUNTIMES), "{" + ",".join(CORPUS_RUNTIMES) + "}",
+                       "what writes the teacher's training text"),
 }

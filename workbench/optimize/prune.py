@@ -16,6 +16,9 @@ from torch import nn
 from ..recipe import PruneSpec, RecipeError
 
 EXCLUDE = ("lm_head", "embed_tokens", "wte", "wpe")  # never pruned: tied to the vocabulary
+# config.json field of a layer-pruned model: the original layer index of each layer kept, in order (saved and
+# reloaded with the config, so a student's checkpoints and published copy keep it).
+KEPT_LAYERS = "workbench_kept_layers"
 
 _HANDLERS: dict[str, Callable[..., list[str]]] = {}
 
@@ -149,12 +152,14 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def _set_decoder_layers(model: nn.Module, kept: list[nn.Module], keep_index: list[int]) -> None:
+    config = model.config
+    before = getattr(config, KEPT_LAYERS, None) or list(range(len(model.model.layers)))  # pruned twice: compose
+    setattr(config, KEPT_LAYERS, [int(before[i]) for i in keep_index])
     model.model.layers = nn.ModuleList(kept)
     for new_idx, layer in enumerate(kept):
         attn = getattr(layer, "self_attn", None)
         if attn is not None and hasattr(attn, "layer_idx"):
             attn.layer_idx = new_idx  # the KV cache is indexed by position in the stack
-    config = model.config
     config.num_hidden_layers = len(kept)
     if isinstance(getattr(config, "layer_types", None), list):
         config.layer_types = [config.layer_types[i] for i in keep_index]

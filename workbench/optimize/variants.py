@@ -16,9 +16,16 @@ from .. import catalog, store
 from ..recipe import Recipe, RecipeError, StudentSpec
 
 
+# StudentSpec fields that joined later, with the value every student built before them had: left out of a
+# student's name while they hold it, so that those students keep their names (and artifact keys), as Recipe.key()
+# does with KEY_DEFAULTS. (Before cached targets, the teacher ran every step: teacher_top_k 0.)
+NAME_DEFAULTS = {"kl_weight": 1.0, "layers_weight": 0.0, "attention_weight": 0.0, "teacher_top_k": 0,
+                 "layer_choice": "similarity", "prompts": 128, "corpus_runtime": "transformers"}
+
+
 def student_name(model: str, spec: StudentSpec) -> str:
     """Stable name of the student of ``model`` made by ``spec`` (the value of ``--variant``)."""
-    fields = {k: v for k, v in asdict(spec).items()}
+    fields = {k: v for k, v in asdict(spec).items() if k not in NAME_DEFAULTS or NAME_DEFAULTS[k] != v}
     digest = hashlib.sha256(json.dumps({"model": model, **fields}, sort_keys=True).encode()).hexdigest()[:8]
     return f"student-{digest}"
 
