@@ -1,5 +1,6 @@
 """Distillation on a tiny teacher: the loss, a student that builds, checkpoints, resumes and loads as a variant."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -171,7 +172,8 @@ def test_a_corpus_cut_short_by_an_older_version_is_written_again(teacher_dir):
     work.mkdir()
     (work / "corpus.json").write_text("[[1, 2, 3], [4, ")  # an older version's in-place write, killed
     out = distill(model, spec, steps=3, checkpoint_every=1, stop=lambda: False)
-    assert out["steps"] == 3 and not work.exists()  # published: the work dir is the published student now
+    assert out["steps"] == 3 and not (work / "checkpoint").exists()  # published: the new resume point
+    assert json.loads((work / "corpus.json").read_text()) == json.loads((Path(out["path"]) / "corpus.json").read_text())
     corpus = json.loads((Path(out["path"]) / "corpus.json").read_text())
     assert len(corpus) > 2 and all(isinstance(seq, list) for seq in corpus)
 
@@ -192,6 +194,8 @@ def test_one_seed_gives_one_student_and_the_process_rng_is_left_alone(teacher_di
                   json.loads((path / "progress.json").read_text())["losses"], load_file(path / "model.safetensors"))
         shutil.rmtree(path)  # the next run builds it again from nothing
         shutil.rmtree(store.artifacts_dir() / f".{key}-work", ignore_errors=True)
+        for texts in store.artifacts_dir().glob(".texts-*"):  # and the teacher writes the texts again
+            shutil.rmtree(texts)
         return result
 
     torch.manual_seed(1234)
@@ -204,3 +208,110 @@ def test_one_seed_gives_one_student_and_the_process_rng_is_left_alone(teacher_di
     # Sampled, not greedy: another seed writes another training text.
     other = json.loads((Path(distill(model, _spec(15), steps=1)["path"]) / "corpus.json").read_text())
     assert other != corpus
+
+
+# Budgets in minutes, held-out checkpoints, resuming the loss curve -------------------------------------------
+
+
+def test_a_minutes_budget_stops_training_checkpoints_and_a_longer_one_resumes_the_curve(teacher_dir):
+    model, spec = str(teacher_dir), _spec(21)
+    seen = []
+    first = distill(model, spec, minutes=0.05, checkpoint_every=1000, on_step=lambda i, n, m: seen.append((i, n, m)))
+    training = [(i, n, m) for i, n, m in seen if m["stage"] == "distilling"]
+    assert training and all(m["unit"] == "s" and n == 3 for _, n, m in training)  # seconds of a 3-second budget
+    assert first["train_seconds"] >= 3 and first["steps"] == training[-1][2]["step"]
+    assert training[-1][2]["eta_s"] == 0.0
+    # Held-out perplexity: the unhealed student (step 0), then as it trains; the teacher's for reference.
+    evals = first["evals"]
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == first["steps"] and len(evals) >= 2
+    assert all(e["heldout_ppl"] > 1 for e in evals) and first["teacher_heldout_ppl"] > 1
+    path = Path(first["path"])
+    progress = json.loads((path / "progress.json").read_text())
+    assert len(progress["losses"]) == first["steps"] == len(progress["parts"]["kl"])
+
+    # The same budget again trains nothing; a longer one resumes: the curve goes on from where it stopped.
+    assert distill(model, spec, minutes=0.05)["steps"] == first["steps"]
+    second = distill(model, spec, minutes=0.1, checkpoint_every=1000)
+    again = json.loads((Path(second["path"]) / "progress.json").read_text())
+    assert second["steps"] > first["steps"] and second["train_seconds"] >= 6
+    assert again["losses"][: first["steps"]] == progress["losses"]
+    assert again["evals"][: len(evals)] == evals and again["evals"][-1]["step"] == second["steps"]
+
+
+def test_stop_under_a_budget_checkpoints_and_the_next_run_continues_the_curve(teacher_dir):
+    model, spec = str(teacher_dir), _spec(22)
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] >= 3
+
+    stopped = distill(model, spec, minutes=5, checkpoint_every=1000, stop=stop)
+    assert stopped["steps"] == 3 and stopped["train_seconds"] < 300
+    losses = json.loads((Path(stopped["path"]) / "progress.json").read_text())["losses"]
+    resumed = distill(model, spec, steps=5)
+    after = json.loads((Path(resumed["path"]) / "progress.json").read_text())["losses"]
+    assert resumed["steps"] == 5 and after[:3] == losses and len(after) == 5
+
+
+def test_cached_targets_make_training_steps_student_only(teacher_dir, monkeypatch):
+    """With every signal cached, the teacher runs for its targets and held-out reference, never in a step."""
+    import workbench.optimize.distill as distillation
+
+    model, spec = str(teacher_dir), StudentSpec(layers_ratio=0.5, lr=1e-3, batch_size=2, seq_len=48,
+                                                 corpus_new_tokens=8, seed=23, layers_weight=1.0)
+    calls = []
+    real = distillation.teacher_targets
+
+    def counted(teacher, *args, **kwargs):
+        handle = teacher.register_forward_hook(lambda *a: calls.append("targets"))
+        try:
+            return real(teacher, *args, **kwargs)
+        finally:
+            handle.remove()
+
+    monkeypatch.setattr(distillation, "teacher_targets", counted)
+    trained = []
+    real_step = distillation.train_step
+
+    def step(student, optimizer, batch, spec, mapped, **sources):
+        trained.append(sources["teacher"])
+        return real_step(student, optimizer, batch, spec, mapped, **sources)
+
+    monkeypatch.setattr(distillation, "train_step", step)
+    out = distill(model, spec, steps=3)
+    assert calls and trained == [None, None, None]  # the teacher was freed before the first step
+    parts = json.loads((Path(out["path"]) / "progress.json").read_text())["parts"]
+    assert set(parts) == {"kl", "layers"} and all(len(v) == 3 for v in parts.values())
+    # Resumed for more steps: the targets are read back from the work folder, not computed again.
+    calls.clear()
+    distill(model, spec, steps=5)
+    assert calls == []
+
+
+def test_a_goal_is_steps_or_minutes():
+    from workbench.optimize.distill import Goal
+
+    with pytest.raises(RecipeError):
+        Goal(steps=3, minutes=1)
+    with pytest.raises(RecipeError) as err:
+        Goal(minutes=0)
+    assert err.value.field == "minutes"
+    assert Goal(minutes=2).reached(1, 120) and not Goal(minutes=2).reached(10**6, 119)
+
+
+def test_students_asking_for_the_same_texts_share_them_and_keep_their_own_copy(teacher_dir, monkeypatch):
+    import workbench.optimize.corpus as corpus
+
+    model = str(teacher_dir)
+    writes = []
+    real = corpus._write
+    monkeypatch.setattr(corpus, "_write", lambda *a, **k: writes.append(a[5]) or real(*a, **k))
+    a = distill(model, _spec(31), steps=1)
+    written = len(writes)
+    b = distill(model, dataclasses.replace(_spec(31), layers_ratio=0.25), steps=1)
+    assert a["name"] != b["name"] and written >= 1 and len(writes) == written  # the second student wrote nothing
+    texts = [json.loads((Path(out["path"]) / "corpus.json").read_text()) for out in (a, b)]
+    assert texts[0] == texts[1]
+    other = distill(model, _spec(32), steps=1)  # another seed: other texts
+    assert len(writes) > written and json.loads((Path(other["path"]) / "corpus.json").read_text()) != texts[0]

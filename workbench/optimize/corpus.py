@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from transformers.generation.logits_process import LogitsProcessor, TemperatureL
 from .. import store
 from ..conversation import encode_chat
 from ..progress import OnStep, no_step
-from ..recipe import GenerationSettings, Recipe, RecipeError, StudentSpec
+from ..recipe import RecipeError, StudentSpec
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "distill"
 PROMPTS = ASSETS / "prompts.txt"
@@ -118,10 +117,11 @@ def _write(teacher, tokenizer, spec: StudentSpec, model: str, prompts: list[str]
     chats = [encode_chat(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
     batches = [chats[i : i + BATCH] for _ in range(samples) for i in range(0, len(chats), BATCH)]
     seed, end_ids = stream_seed(spec.seed, stream), _eos_ids(teacher)
-    if spec.corpus_runtime == "llama.cpp":
-        answers = _llama_answers(model, tokenizer, prompts, batches, spec, seed, end_ids, on_step)
-    else:
-        answers = _transformers_answers(teacher, tokenizer, batches, spec, seed, end_ids, on_step)
+    writer = WRITERS.get(spec.corpus_runtime)
+    if writer is None:
+        raise RecipeError("corpus-runtime", f"no writer of training text for the {spec.corpus_runtime} runtime is "
+                                            "registered: import workbench.runtimes first (the runtime registers it)")
+    answers = writer(teacher, model, tokenizer, prompts, batches, spec, seed, end_ids, on_step)
     return [(chat + answer)[: spec.seq_len] for chat, answer in zip(chats * samples, answers)]
 
 
@@ -142,8 +142,8 @@ def _eos_ids(teacher) -> list[int]:
 # Transformers ------------------------------------------------------------------------------------------------
 
 
-def _transformers_answers(teacher, tokenizer, batches: list[list[list[int]]], spec: StudentSpec, seed: int,
-                          end_ids: list[int], on_step: OnStep) -> list[list[int]]:
+def _transformers_answers(teacher, model: str, tokenizer, prompts: list[str], batches: list[list[list[int]]],
+                          spec: StudentSpec, seed: int, end_ids: list[int], on_step: OnStep) -> list[list[int]]:
     """Every chat's answer from ``teacher.generate``, a batch at a time, left-padded, drawn by ``_SeededDraw``."""
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
@@ -191,69 +191,8 @@ class _SeededDraw(LogitsProcessor):
         return torch.full_like(scores, float("-inf")).scatter_(1, chosen, 0.0)
 
 
-# llama.cpp ---------------------------------------------------------------------------------------------------
-
-
-def _llama_answers(model: str, tokenizer, prompts: list[str], batches: list[list[list[int]]], spec: StudentSpec,
-                   seed: int, end_ids: list[int], on_step: OnStep) -> list[list[int]]:
-    """Every chat's answer from llama.cpp running the teacher's F32 GGUF export, one call a batch.
-
-    A row stops at the answer length, at one of the teacher's end tokens, or once prompt + answer fill
-    ``spec.seq_len`` (the rest would be cut). Each call's sampler seed comes from a generator seeded with ``seed``
-    (the runtime gives the rows of one call that seed, each drawing from its own distribution).
-    """
-    llama = _llama_teacher(model, tokenizer, prompts)
-    seeds = random.Random(seed)
-    answers, total = [], sum(map(len, batches))
-    try:
-        for chunk in batches:
-            rows = [_Answer(chat, min(spec.corpus_new_tokens, spec.seq_len - len(chat)), frozenset(end_ids))
-                    for chat in chunk]
-            live = [row for row in rows if row.open]
-            if live:
-                settings = GenerationSettings(max_new_tokens=max(row.settings.max_new_tokens for row in live),
-                                              temperature=TEMPERATURE, top_p=TOP_P, seed=seeds.getrandbits(32))
-                llama.generate(live, settings, lambda k, token, t: live[k].ids.append(token))
-            answers.extend(row.ids for row in rows)
-            on_step(len(answers), total, {"stage": WRITING})
-    finally:
-        llama.close()
-    return answers
-
-
-class _Answer:
-    """One prompt's row in a llama.cpp generate call (the runtime's ``Row``): open until it holds ``new_tokens``
-    tokens or ends with an end token."""
-
-    def __init__(self, prompt_ids: list[int], new_tokens: int, end_ids: frozenset[int]):
-        self.prompt_ids, self.wanted, self.end_ids = prompt_ids, new_tokens, end_ids
-        self.settings = GenerationSettings(max_new_tokens=max(1, new_tokens), temperature=TEMPERATURE, top_p=TOP_P)
-        self.ids: list[int] = []
-
-    @property
-    def open(self) -> bool:
-        return len(self.ids) < self.wanted and not (self.ids and self.ids[-1] in self.end_ids)
-
-    active = open
-
-
-def _llama_teacher(model: str, tokenizer, prompts: list[str]):
-    """The teacher under llama.cpp: its F32 GGUF file (made and cached by the llama.cpp runtime when not there
-    yet), loaded on LLAMA_THREADS threads, after checking that llama.cpp splits text into the same token ids as
-    the teacher's tokenizer (the answers' ids are then ids of that vocabulary)."""
-    from ..runtimes import llamacpp
-    from ..runtimes.llamacpp import export
-
-    why = llamacpp.problem()
-    if why:
-        raise RecipeError("corpus-runtime", f"--corpus-runtime llama.cpp writes the training text with llama.cpp, "
-                                            f"but {why}; or choose --corpus-runtime transformers")
-    llama = llamacpp.build(Recipe(model=model, runtime="llama.cpp", device="cpu", dtype="fp32",
-                                  threads=LLAMA_THREADS))
-    mismatch = export.tokenizer_mismatch(llama.path, tokenizer, [*export.PROBE_TEXTS, *prompts])
-    if mismatch is not None:
-        llama.close()
-        raise RecipeError("corpus-runtime", f"llama.cpp splits {mismatch!r} into other tokens than the teacher's "
-                                            "tokenizer does, so its answers would not be in the teacher's vocabulary; "
-                                            "choose --corpus-runtime transformers")
-    return llama
+# (teacher, model, tokenizer, prompts, batches of chat ids, spec, seed, end ids, on_step) -> one answer per chat
+AnswerWriter = Callable[..., list[list[int]]]
+# What writes the teacher's answers, by StudentSpec.corpus_runtime. Runtimes that can write them faster register
+# themselves here (workbench.runtimes.llamacpp adds "llama.cpp"), so this layer never imports a runtime.
+WRITERS: dict[str, AnswerWriter] = {"transformers": _transformers_answers}

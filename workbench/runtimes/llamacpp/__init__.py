@@ -12,6 +12,7 @@ why it cannot run, and everything else works.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import time
@@ -19,13 +20,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from ... import devices, loading, store
+from ...optimize import corpus as _corpus
 from ...optimize import pipeline
 from ...optimize.stats import ModelStats
 from ...optimize.variants import find_student, variant_source
 from ...progress import OnStage, no_stage
 from ...recipe import LLAMA_CPP_DTYPES, Recipe, RecipeError
 from ..base import Backend, Runtime
-from . import export, gguf_files
+from . import corpus, export, gguf_files
 from .model import LlamaCppModel
 
 NAME = "llama.cpp"
@@ -242,3 +244,9 @@ def _notes(recipe: Recipe, meta: dict, found: gguf_files.Contents) -> list[str]:
 
 
 RUNTIME = Runtime(NAME, check=check, build=build, backends=backends, problem=problem, dtypes=LLAMA_CPP_DTYPES)
+
+
+# The training text of a student can be written by this runtime: optimize.corpus finds the writer in its registry.
+# (Looked up when called, so that a replaced build or problem is the one used.)
+_corpus.WRITERS["llama.cpp"] = functools.partial(corpus.teacher_answers, build=lambda recipe: build(recipe),
+                                                 problem=lambda: problem())
