@@ -31,7 +31,8 @@ PRUNE_CRITERIA = ("magnitude", "wanda")  # how unstructured and 2:4 pruning rank
 MAX_PRUNE_RATIO = 0.9
 MAX_BATCH_SIZE = 256  # requests one worker may run together
 MAX_NEW_TOKENS = 8192
-DEFAULT_STUDENT_STEPS = 100  # training steps of a student: a few minutes on a laptop CPU for the embedded model
+DEFAULT_STUDENT_STEPS = 100  # training steps of a student when steps are asked for rather than minutes
+DEFAULT_STUDENT_MINUTES = 10.0  # training time of a student (summed over runs) when neither is given
 EMBEDDED = "embedded"
 
 

@@ -19,7 +19,8 @@ SMALL_STUDENT = ["--seq-len", 32, "--corpus-new-tokens", 8, "--samples-per-promp
 EVAL_KEYS = {"recipe", "recipe_key", "label", "perplexity", "agreement", "qa_accuracy", "qa_correct", "qa_n",
              "eval_tokens", "model", "baseline", "settings"}
 DISTILL_KEYS = {"name", "steps", "loss", "first_loss", "params", "teacher_params", "seconds", "student", "teacher",
-                "variant_flag"}
+                "unhealed", "card", "train_seconds", "evals", "teacher_heldout_ppl", "variant_flag"}
+CARD = ["--speed-rounds", 1, "--agreement-tokens", 4]
 
 
 # ------------------------------------------------------------------------------------------------ eval
@@ -105,16 +106,21 @@ def test_bench_without_eval_measures_no_quality(capsys, tiny):
 
 
 def test_distill_json_has_every_field_and_a_usable_variant_flag(capsys, tiny, tiny_model_dir):
-    code, out, err = run_cli(capsys, "distill", *tiny, "--steps", 2, *SMALL_STUDENT, *QUALITY, "--json")
+    code, out, err = run_cli(capsys, "distill", *tiny, "--steps", 2, *SMALL_STUDENT, *QUALITY, *CARD, "--json")
     assert code == 0, err
     report = json.loads(out)
     assert DISTILL_KEYS <= report.keys()
     assert report["name"].startswith("student-") and report["variant_flag"] == f"--variant {report['name']}"
     assert report["steps"] == 2 and report["params"] < report["teacher_params"]
     assert report["loss"] > 0 and report["first_loss"] > 0 and report["seconds"] >= 0
-    for who in ("student", "teacher"):
-        assert {"perplexity", "qa_accuracy"} <= report[who].keys()
-        assert report[who]["perplexity"] > 1 and report[who]["qa_n"] == 3
+    for who in ("student", "unhealed", "teacher"):
+        assert {"perplexity", "qa_accuracy", "agreement"} <= report[who].keys()
+        assert report[who]["perplexity"] > 1 and report[who]["qa_n"] == 3 and 0 <= report[who]["agreement"] <= 1
+    assert report["teacher"]["agreement"] == 1.0  # with itself
+    assert report["unhealed"]["perplexity"] != report["student"]["perplexity"]  # two models, measured apart
+    card = report["card"]
+    assert card["steps"] == 2 and set(card["speed"]) == {"transformers fp32", "llama.cpp q4_0"}
+    assert card == json.loads((find_student(str(tiny_model_dir), report["name"]) / "card.json").read_text())
     assert report["student"]["recipe"]["variant"] == report["name"]
     assert report["teacher"]["recipe"]["variant"] == "none"
     assert find_student(str(tiny_model_dir), report["name"]) is not None
@@ -146,13 +152,29 @@ def test_distill_resumes_and_no_eval_skips_quality(capsys, tiny):
     assert "step 2/3" in err and "step 1/3" not in err  # resumed after step 1
 
 
-def test_distill_text_names_the_variant(capsys, tiny):
-    code, out, _ = run_cli(capsys, "distill", *tiny, "--steps", 1, *SMALL_STUDENT, "--seed", 1, *QUALITY)
+def test_distill_text_names_the_variant_and_shows_the_card(capsys, tiny):
+    code, out, _ = run_cli(capsys, "distill", *tiny, "--steps", 1, *SMALL_STUDENT, "--seed", 1, *QUALITY, *CARD)
     assert code == 0
     lines = out.strip().splitlines()
     assert lines[0].startswith("student-") and "1 step," in lines[0]
     assert lines[1] == f"use it with: --variant {lines[0].split(':')[0]}"
-    assert lines[-2].startswith("student") and lines[-1].startswith("teacher")
+    assert lines[2].startswith("held-out perplexity: ") and "unhealed ->" in lines[2]
+    table = [line for line in lines if line.startswith(("student ", "unhealed ", "teacher "))]
+    assert [line.split()[0] for line in table] == ["student", "unhealed", "teacher"]
+    assert any(line.startswith("speed-up on transformers fp32: ") for line in lines)
+
+
+def test_distill_under_a_budget_in_minutes(capsys, tiny):
+    argv = ["distill", *tiny, *SMALL_STUDENT, "--seed", 3, "--no-eval", "--json"]
+    code, out, err = run_cli(capsys, *argv, "--minutes", 0.05)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["train_seconds"] >= 3 and report["requested_minutes"] == 0.05 and not report["stopped"]
+    assert report["evals"][0]["step"] == 0 and report["evals"][-1]["step"] == report["steps"]
+    assert "of training" in err and " of 3 s" in err and "heldout ppl" in err
+    code, out, err = run_cli(capsys, *argv, "--minutes", 0.05)  # reached: nothing more to train
+    assert code == 0 and json.loads(out)["steps"] == report["steps"]
+    assert_usage_error(*run_cli(capsys, *argv, "--minutes", 1, "--steps", 2), "--steps")
 
 
 def test_ctrl_c_stops_distill_with_a_checkpoint_that_resumes(tiny, tiny_model_dir):

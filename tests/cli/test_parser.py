@@ -8,7 +8,7 @@ import pytest
 
 from workbench.cli.commands import recipe_from_args, settings_from_args, spec_from_args
 from workbench.cli.parser import STUDENT_FLAGS, build_parser, default
-from workbench.recipe import DEFAULT_STUDENT_STEPS, GenerationSettings, Recipe, StudentSpec
+from workbench.recipe import DEFAULT_STUDENT_MINUTES, GenerationSettings, Recipe, StudentSpec
 
 
 def parse(*argv):
@@ -32,7 +32,7 @@ def test_every_student_field_but_the_hidden_loss_has_a_flag_whose_help_states_it
         assert flag in flat
         value = default(StudentSpec, field)
         assert f"(default {value:g})" in flat if isinstance(value, (int, float)) else f"(default {value})" in flat, field
-    assert f"(default {DEFAULT_STUDENT_STEPS})" in flat
+    assert f"(default {DEFAULT_STUDENT_MINUTES:g})" in flat and "--minutes M" in flat
 
 
 @pytest.mark.parametrize("command, tokens", [("generate", default(GenerationSettings, "max_new_tokens")),

@@ -17,13 +17,13 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from .. import bench, loading, quality, runtimes
+from .. import bench, loading, quality, runtimes, student_card
 from ..formats import figure
 from ..observe.history import HistoryStore
 from ..observe.prometheus import HistoryFollower, PrometheusExporter
 from ..optimize import distill as distillation
 from ..optimize.variants import student_key, student_name
-from ..recipe import (DEFAULT_STUDENT_STEPS, REMOTE, GenerationSettings, PruneSpec, Recipe, RecipeError, StudentSpec,
+from ..recipe import (DEFAULT_STUDENT_MINUTES, REMOTE, GenerationSettings, PruneSpec, Recipe, RecipeError, StudentSpec,
                       check_batch_size, is_url)
 from ..response_cache.answers import CachedAnswers, ReplayRequest
 from ..response_cache.disk import ResponseCache
@@ -458,13 +458,14 @@ def cmd_distill(args: argparse.Namespace) -> int:
                          "on the server (distill a local model, then serve it with workbench serve)")
     recipe = check_buildable(recipe)
     spec = spec_from_args(args)
-    steps = args.steps or DEFAULT_STUDENT_STEPS
+    goal = {"steps": args.steps} if args.steps else {"minutes": args.minutes or DEFAULT_STUDENT_MINUTES}
     name = student_name(recipe.model, spec)
-    output.say(f"student {name} of {recipe.model}: {steps} steps")
+    wanted = f"{args.steps} steps" if args.steps else f"{goal['minutes']:g} minutes of training"
+    output.say(f"student {name} of {recipe.model}: {wanted}")
     try:
         with output.StopOnInterrupt("stopping after this step and saving a checkpoint "
                                     "(Ctrl-C again to quit without saving)") as interrupt:
-            result = distillation.distill(recipe.model, spec, steps, on_step=output.StepPrinter("distill"),
+            result = distillation.distill(recipe.model, spec, **goal, on_step=output.StepPrinter("distill"),
                                           stop=interrupt)
     except KeyboardInterrupt:
         output.say(f"interrupted; {_resume_hint(args)} (from its last checkpoint)")
@@ -477,15 +478,21 @@ def cmd_distill(args: argparse.Namespace) -> int:
         raise Failed(f"{files} {'is not a training text' if len(damaged) == 1 else 'are not training texts'} the "
                      f"workbench wrote ({type(exc).__name__} reading it); delete "
                      f"{'it' if len(damaged) == 1 else 'them'} and run the same command again") from None
-    stopped = result["steps"] < steps
-    report = {**result, "requested_steps": steps, "stopped": stopped, "spec": asdict(spec),
-              "student": None, "teacher": None, "variant_flag": f"--variant {result['name']}"}
+    stopped = interrupt.requested and not distillation.Goal(**goal).reached(result["steps"], result["train_seconds"])
+    report = {**result, "requested_steps": args.steps, "requested_minutes": goal.get("minutes"), "stopped": stopped,
+              "spec": asdict(spec), "student": None, "teacher": None, "unhealed": None, "card": None,
+              "variant_flag": f"--variant {result['name']}"}
     if stopped:
-        output.say(f"stopped at step {result['steps']} of {steps}; {_resume_hint(args)}")
+        output.say(f"stopped at step {result['steps']}; {_resume_hint(args)}")
     if not (args.no_eval or interrupt.requested):
+        card = student_card.measure_card(recipe.model, result["name"], qa_limit=args.qa_limit,
+                                         max_eval_tokens=args.max_eval_tokens, agreement_tokens=args.agreement_tokens,
+                                         rounds=args.speed_rounds, on_step=output.StepPrinter("card"))
         student_recipe = replace(recipe, variant=result["name"])
-        report["student"] = _quality_of_recipe(student_recipe, "student", args)
-        report["teacher"] = _quality_of_recipe(recipe.baseline(), "teacher", args)
+        for who, which in (("student", "healed"), ("unhealed", "unhealed"), ("teacher", "teacher")):
+            report[who] = {"recipe": (student_recipe if who != "teacher" else recipe.baseline()).to_dict(),
+                           **card["quality"][which]}
+        report["card"] = card
         report["quality_settings"] = _quality_settings(args)
     print(json.dumps(report, indent=2) if args.json else output.distill_text(report))
     return 130 if interrupt.requested else 0
@@ -495,7 +502,8 @@ def damaged_corpora(key: str) -> list[Path]:
     """The student's training texts (``corpus.json``, in its work folder and in the student) that are not lists
     of token-id lists: what makes a resumed distillation fail on a file a kill or an edit damaged."""
     damaged = []
-    for path in (artifacts_dir() / f".{key}-work" / "corpus.json", artifact_path(key) / "corpus.json"):
+    shared = sorted(artifacts_dir().glob(".texts-*/corpus.json"))
+    for path in (artifacts_dir() / f".{key}-work" / "corpus.json", artifact_path(key) / "corpus.json", *shared):
         try:
             sequences = json.loads(path.read_text())
         except FileNotFoundError:
@@ -507,17 +515,6 @@ def damaged_corpora(key: str) -> list[Path]:
                 isinstance(s, list) and s and all(isinstance(t, int) and t >= 0 for t in s) for s in sequences)):
             damaged.append(path)
     return damaged
-
-
-def _quality_of_recipe(recipe: Recipe, who: str, args: argparse.Namespace) -> dict:
-    """Build a recipe, measure its quality, free it."""
-    model = runtimes.build(recipe, trust_remote_code=args.trust_remote_code, on_stage=output.build_stages(who))
-    measured = {"recipe": recipe.to_dict(), **quality_of(model, args.max_eval_tokens, args.qa_limit,
-                                                         output.StepPrinter(who))}
-    model.close()
-    del model
-    gc.collect()
-    return measured
 
 
 def _resume_hint(args: argparse.Namespace) -> str:

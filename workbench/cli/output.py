@@ -97,13 +97,19 @@ class StepPrinter:
         if stage == self.last_stage and i not in (1, total) and now - self.last_print < self.every_s:
             return
         self.last_stage, self.last_print = stage, now
-        detail = ", ".join(_describe(k, v) for k, v in metrics.items() if k != "stage" and v is not None)
+        detail = ", ".join(_describe(k, v) for k, v in metrics.items()
+                           if k not in ("stage", "unit", "step") and v is not None)
         stage_text = f" {stage}" if stage else ""
-        count = f"step {i}/{total}" if i else "starting"  # step 0: a stage that comes before the steps
+        if metrics.get("unit") == "s":  # a budget in seconds: i of total seconds
+            count = f"{duration(i)} of {duration(total)}" + (f", step {metrics['step']}" if "step" in metrics else "")
+        else:
+            count = f"step {i}/{total}" if i else "starting"  # step 0: a stage that comes before the steps
         say(f"{self.who}{stage_text}: {count}" + (f", {detail}" if detail else ""))
 
 
 def _describe(key: str, value) -> str:
+    if isinstance(value, dict):  # a loss's parts
+        return " ".join(_describe(k, v) for k, v in value.items())
     if key == "eta_s":
         return f"ETA {duration(value)}"
     if key == "accuracy":
@@ -312,19 +318,37 @@ def eval_table(report: dict) -> str:
 
 
 def distill_text(report: dict) -> str:
-    """The student's name, how it was trained, and its quality beside the teacher's."""
+    """The student's name, how it was trained, and its card: quality beside the teacher's and the unhealed
+    student's, and its speed-up on each runtime."""
     steps = f"{report['steps']} step{'s' if report['steps'] != 1 else ''}"
+    trained = report.get("train_seconds")
     lines = [
         f"{report['name']}: {steps}, loss {_loss(report['first_loss'])} -> {_loss(report['loss'])}, "
         f"{human_count(report['params'])} parameters (teacher {human_count(report['teacher_params'])}), "
-        f"{report['seconds']:.0f} s of training",
+        f"{duration(trained if trained is not None else report['seconds'])} of training",
         f"use it with: {report['variant_flag']}",
     ]
+    evals = report.get("evals") or []
+    if len(evals) >= 2:
+        teacher = report.get("teacher_heldout_ppl")
+        lines.append(f"held-out perplexity: {evals[0]['heldout_ppl']:.2f} unhealed -> {evals[-1]['heldout_ppl']:.2f} "
+                     f"healed" + (f" (teacher {teacher:.2f})" if teacher else ""))
     if report["student"] and report["teacher"]:
-        rows = [("", "perplexity", "QA accuracy")]
-        for who in ("student", "teacher"):
-            rows.append((who,) + quality_cells(report[who]))
+        rows = [("", "perplexity", "QA accuracy", "agreement")]
+        for who in ("student", "unhealed", "teacher"):
+            if report.get(who):
+                agree = report[who].get("agreement")
+                rows.append((who,) + quality_cells(report[who]) + ("n/a" if agree is None else f"{agree:.2f}",))
         lines += ["", columns(rows)]
+    card = report.get("card")
+    if card:
+        lines.append("")
+        for runtime, speed in card["speed"].items():
+            if "error" in speed:
+                lines.append(f"speed-up on {runtime}: not measured ({speed['error']})")
+            else:
+                lines.append(f"speed-up on {runtime}: {speed['speedup']:.2f}x ({speed['student_tok_s']:.1f} vs "
+                             f"{speed['teacher_tok_s']:.1f} decode tok/s, {card['machine']})")
     return "\n".join(lines)
 
 

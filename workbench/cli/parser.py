@@ -12,7 +12,7 @@ from dataclasses import MISSING, fields
 
 from ..load import DEFAULT_GRACE_S, DEFAULT_NUM_REQUESTS, MAX_NUM_REQUESTS
 from ..observe.prometheus import DEFAULT_METRICS_PORT
-from ..recipe import (CORPUS_RUNTIMES, DEFAULT_STUDENT_STEPS, DEVICES, LAYER_CHOICES, DTYPES, LLAMA_CPP_ALIASES, LLAMA_CPP_DTYPES, MAX_PRUNE_RATIO,
+from ..recipe import (CORPUS_RUNTIMES, DEFAULT_STUDENT_MINUTES, DEVICES, LAYER_CHOICES, DTYPES, LLAMA_CPP_ALIASES, LLAMA_CPP_DTYPES, MAX_PRUNE_RATIO,
                       PRUNE_CRITERIA, PRUNE_METHODS, RUNTIMES, TRANSFORMERS_DTYPES, GenerationSettings, PruneSpec, Recipe,
                       StudentSpec)
 from ..response_cache.keys import DEFAULT_THRESHOLD
@@ -248,13 +248,22 @@ def _shown(value) -> str:
 def _distill_flags(parser: argparse.ArgumentParser) -> None:
     # Spec flags default to None so that only the flags given override the StudentSpec defaults.
     group = parser.add_argument_group("student")
-    group.add_argument("--steps", type=int_at_least(1), default=None, metavar="N",
-                       help=f"total training steps; a student trained fewer steps resumes (default "
-                            f"{DEFAULT_STUDENT_STEPS})")
+    budget = group.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=positive_float, default=None, metavar="M",
+                        help=f"minutes of training in all, summed over runs (writing the training text and the "
+                             f"teacher's targets comes first and is not counted); a student trained less resumes "
+                             f"(default {DEFAULT_STUDENT_MINUTES:g})")
+    budget.add_argument("--steps", type=int_at_least(1), default=None, metavar="N",
+                        help="total training steps instead of minutes; a student trained fewer steps resumes")
     for field, (flag, parse, metavar, what) in STUDENT_FLAGS.items():
         group.add_argument(flag, type=parse, default=None, metavar=metavar,
                            help=f"{what} (default {_shown(default(StudentSpec, field))})")
-    group.add_argument("--no-eval", action="store_true", help="skip measuring the student's and teacher's quality")
+    group.add_argument("--no-eval", action="store_true", help="skip measuring the student's card (quality of teacher, "
+                                                                "unhealed and healed student; speed-up per runtime)")
+    group.add_argument("--agreement-tokens", type=int_at_least(1), default=32, metavar="N",
+                       help="greedy tokens per eval prompt compared with the teacher's (default 32)")
+    group.add_argument("--speed-rounds", type=int_at_least(1), default=3, metavar="N",
+                       help="interleaved rounds timing teacher and student on each runtime (default 3)")
     _quality_flags(parser, max_eval_tokens=1024)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 

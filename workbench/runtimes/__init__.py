@@ -47,3 +47,9 @@ def backends(dtype: str, device: str, runtime: str = DEFAULT) -> list[Backend]:
 
 __all__ = ["RUNTIMES", "Backend", "LoadedModel", "NotAvailableRemotely", "RemoteError", "Runtime", "backends", "build",
            "check", "complete", "runtime_of"]
+
+
+def build_unhealed_student(teacher: Recipe, spec: dict) -> LoadedModel:
+    """A distilled student as its training starts (the teacher without the layers ``spec`` drops, untrained), run
+    by transformers: what a student's card compares the healed one with. ``spec``: a StudentSpec as a dict."""
+    return transformers.unhealed_student(teacher, spec)

@@ -387,3 +387,16 @@ def backends(dtype: str, device: str) -> list[Backend]:
 
 
 RUNTIME = Runtime(NAME, check=check, build=build, backends=backends, dtypes=TRANSFORMERS_DTYPES)
+
+
+def unhealed_student(teacher: Recipe, spec: dict) -> TransformersModel:
+    """A student as distillation starts it, before any training (the teacher without the layers and channels
+    ``spec`` drops): what its card compares the healed student with. ``teacher`` is a float recipe."""
+    from ..loading import load
+    from ..optimize.distill import initial_student
+    from ..recipe import StudentSpec
+
+    model, tokenizer, _ = load(teacher.model)
+    student = initial_student(model.eval(), tokenizer, StudentSpec(**spec)).requires_grad_(False)
+    del model
+    return TransformersModel(pipeline.from_model(student, tokenizer, teacher))

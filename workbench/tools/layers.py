@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("runtimes", ("workbench.runtimes",)),
     ("serving", ("workbench.serving",)),
     ("export", ("workbench.export",)),
-    ("measurement", ("workbench.quality", "workbench.bench", "workbench.load", "workbench.machine",
+    ("measurement", ("workbench.quality", "workbench.bench", "workbench.load", "workbench.machine", "workbench.student_card",
                      "workbench.predict", "workbench.roofline", "workbench.profile", "workbench.frontier")),
     ("response cache", ("workbench.response_cache",)),
     ("observation", ("workbench.observe",)),
