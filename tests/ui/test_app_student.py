@@ -36,20 +36,29 @@ def test_distill_job_builds_stops_and_resumes_a_student(tiny_model_dir):
 # The Build a student page ---------------------------------------------------------------------------------
 
 
-def test_build_a_student_page_trains_one_and_the_sidebar_offers_it(monkeypatch, tiny_model_dir):
+def test_build_a_student_page_trains_one_shows_its_card_and_the_sidebar_offers_it(monkeypatch, tiny_model_dir):
     monkeypatch.setattr(student_page, "StudentSpec", functools.partial(StudentSpec, **SMALL))  # a fast student
+    monkeypatch.setattr(student_page, "CARD_OPTIONS", dict(qa_limit=2, max_eval_tokens=64, rounds=1, speed_tokens=8,
+                                                           agreement_tokens=4))
     at = tiny_app(tiny_model_dir)
     at.switch_page("pages/build_a_student.py").run()
     assert not at.exception and at.title[0].value == "Build a student"
-    at.number_input(key=state.STUDENT_STEPS).set_value(3)
+    at.number_input(key=state.STUDENT_MINUTES).set_value(0.1)
     at.slider(key=state.STUDENT_LAYERS).set_value(50)
     click(at, "Start").run()
     assert not at.exception
     run_until(at, lambda a: bool(a.success))
     name = student_name(str(tiny_model_dir), student_page.StudentSpec(layers_ratio=0.5))
-    assert name in at.success[0].value and "of the teacher's" in at.success[0].value
+    assert name in at.success[0].value and "of the teacher's" in at.success[0].value and "of training" in \
+        at.success[0].value
     assert any(name in option for option in at.selectbox(key=state.VARIANT).options)
-    assert name in at.dataframe[0].value["Student"].tolist()
+    tables = [df.value for df in at.dataframe]
+    quality, speed, students = tables[0], tables[1], tables[-1]
+    assert quality["Model"].tolist() == ["Teacher", "Student before healing", "Student, healed"]
+    assert quality["Agreement with the teacher"].tolist()[0] == "1.00"
+    assert speed["Runtime"].tolist() == ["transformers fp32", "llama.cpp q4_0"]
+    assert name in students["Student"].tolist() and "→" in students["Held-out perplexity"].tolist()[0]
+    assert any(m.value.startswith("Card of") for m in at.subheader)
 
     click(at, "Chat with").run()  # selects the student and opens the chat on it
     assert not at.exception and at.selectbox(key=state.VARIANT).value == name

@@ -198,6 +198,44 @@ def loss_figure(steps: list[int], losses: list[float], title: str = "Distillatio
     return _small_line_layout(fig, title, "step", "KL divergence to the teacher")
 
 
+LOSS_PARTS = {"kl": "KL to the teacher", "layers": "mapped layers", "attention": "attention", "hidden": "final hidden"}
+
+
+def student_curves_figure(parts: dict[str, list[float]], evals: list[dict], teacher_ppl: float | None = None,
+                          title: str = "Healing the student") -> go.Figure:
+    """The student's loss terms per step (top) and its held-out perplexity at each check (bottom), with the
+    teacher's perplexity on the same text as a dashed line: how far healing has come, and whether it still moves.
+
+    Args:
+        parts: loss term -> its value at steps 1, 2, ... (``"kl"``, ``"layers"``, ``"attention"``).
+        evals: held-out checks ``{"step", "heldout_ppl"}``, step 0 being the unhealed student.
+        teacher_ppl: the teacher's held-out perplexity.
+    """
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12,
+                        subplot_titles=("loss terms (weighted sum is trained)", "held-out perplexity"))
+    for i, (part, values) in enumerate(parts.items()):
+        steps = list(range(1, len(values) + 1))
+        fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", line=dict(width=1.5, color=PALETTE[i % len(PALETTE)]),
+                                 name=LOSS_PARTS.get(part, part),
+                                 hovertemplate="step %{x}<br>%{y:.4f}<extra>" + LOSS_PARTS.get(part, part) + "</extra>"),
+                      row=1, col=1)
+    if evals:
+        fig.add_trace(go.Scatter(x=[e["step"] for e in evals], y=[e["heldout_ppl"] for e in evals], mode="lines+markers",
+                                 marker=dict(size=6, color="#2b8a3e"), line=dict(width=2, color="#2b8a3e"),
+                                 name="student, held-out",
+                                 hovertemplate="step %{x}<br>perplexity %{y:.2f}<extra></extra>"), row=2, col=1)
+        if teacher_ppl:
+            fig.add_trace(go.Scatter(x=[0, max(e["step"] for e in evals) or 1], y=[teacher_ppl, teacher_ppl],
+                                     mode="lines", line=dict(width=1.5, dash="dash", color="#868e96"),
+                                     name="teacher, held-out",
+                                     hovertemplate="teacher %{y:.2f}<extra></extra>"), row=2, col=1)
+    if not parts and not evals:
+        empty_note(fig, "The curves appear once training starts")
+    fig.update_xaxes(title_text="step", row=2, col=1)
+    fig.update_yaxes(rangemode="tozero", row=1, col=1)
+    return layout(fig, title, 460, top=60, legend_y=-0.18)
+
+
 BATCH_METRICS = (("ttft_ms", "p50", "TTFT p50", "#e8590c"), ("e2e_ms", "p50", "E2E p50", "#3b5bdb"),
                  ("e2e_ms", "p99", "E2E p99", "#ae3ec9"))
 SCHEDULER_DASH = {"static": "solid", "continuous": "dash"}

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .. import student_card
 from ..optimize import distill, variants
 from ..recipe import RecipeError
 from ..store import StoreError
@@ -156,21 +157,28 @@ def distill_key(model: str, name: str) -> str:
     return f"distill:{model}:{name}"
 
 
-def start_distill(registry: JobRegistry, model: str, spec, steps: int) -> Job:
-    """Build (or resume) the student of ``model`` that ``spec`` describes, on a background thread.
+def start_distill(registry: JobRegistry, model: str, spec, minutes: float | None = None, *,
+                  steps: int | None = None, card: dict | None = None) -> Job:
+    """Build (or resume) the student of ``model`` that ``spec`` describes, then measure its card, on a background
+    thread.
 
-    Stop on the returned job ends the run after its current step; the run checkpoints, and starting the same
-    student again resumes it.
+    Stop on the returned job ends the run after its current step; the run checkpoints (no card is measured), and
+    starting the same student again resumes it.
 
     Args:
         registry: where the job lives.
         model: the teacher (a recipe's model field).
         spec: ``distill.StudentSpec``.
-        steps: total optimisation steps wanted.
+        minutes: minutes of training wanted in all (or ``steps``: total optimisation steps).
+        card: options of ``student_card.measure_card`` (None: measure no card).
     """
     name = variants.student_name(model, spec)
 
     def work(job: Job) -> dict:
-        return distill.distill(model, spec, steps, on_step=job.on_step, stop=lambda: job.stopping)
+        result = distill.distill(model, spec, steps, minutes=minutes, on_step=job.on_step,
+                                 stop=lambda: job.stopping)
+        if card is not None and not job.stopping:
+            result["card"] = student_card.measure_card(model, name, **card, on_step=job.on_step)
+        return result
 
     return registry.start(distill_key(model, name), work, title=f"Building student {name}")

@@ -64,7 +64,11 @@ MEASUREMENTS = "changes.measurements"  # recipe key -> the result of changes.mea
 QUICK_MEASURE = "changes.quick"
 
 # Build a student page.
-STUDENT_STEPS = "student.steps"
+STUDENT_MINUTES = "student.minutes"
+STUDENT_LAYER_CHOICE = "student.layer_choice"
+STUDENT_LAYERS_WEIGHT = "student.layers_weight"
+STUDENT_ATTENTION_WEIGHT = "student.attention_weight"
+STUDENT_PROMPTS = "student.prompts"
 STUDENT_LAYERS = "student.layers_ratio"
 
 # Monitor page.
