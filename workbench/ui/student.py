@@ -215,6 +215,7 @@ def students_table(teacher: str) -> None:
         "Layers removed": f"{s['spec']['layers_ratio']:.0%}",
         "Steps": s["steps"],
         "Loss": f"{s['first_loss']:.3f} → {s['loss']:.3f}" if s.get("loss") is not None else "–",
+        "Held-out perplexity": _heldout_cell(s),
         "Parameters": f"{human_count(s['params'])} ({s['params'] / s['teacher_params']:.0%} of the teacher)",
         "Trained for": duration(s.get("train_seconds") or s["seconds"]),
     } for s in built]
