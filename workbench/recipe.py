@@ -326,7 +326,10 @@ class StudentSpec:
     # Joined later: left out of the student's name while at their default (optimize/variants.py), so that
     # students built before them keep their names.
     kl_weight: float = 1.0  # weight of the KL loss on the teacher's softened next-token distribution
-    layers_weight: float = 0.0  # weight of the MSE of each student layer's output against its teacher layer's
+    # Weight of the relative squared error of each student layer's output against its teacher layer's. Off by
+    # default, as measured (embedded model, 30% of the layers removed, 40 steps): weight 1 ended at the same QA
+    # and held-out perplexity (22.3 against 22.2) as KL alone, 16% slower per step.
+    layers_weight: float = 0.0
     attention_weight: float = 0.0  # weight of the KL of mapped layers' attention distributions (teacher per step)
     teacher_top_k: int = 64  # teacher log-probs kept per token in the cached targets; 0 = run the teacher each step
     layer_choice: str = "similarity"  # which layers go: one of LAYER_CHOICES (optimize/prune.py measures each)
