@@ -5,8 +5,9 @@ import torch
 
 from tiny import make_model, make_tokenizer
 from workbench.optimize.pipeline import build
-from workbench.optimize.prune import calibration_inputs, decoder_layers, prunable_linears, prune_
-from workbench.recipe import PruneSpec, Recipe, RecipeError
+from workbench.optimize.prune import (KEPT_LAYERS, calibration_inputs, decoder_layers, drop_layers_, prunable_linears,
+                                      prune_)
+from workbench.recipe import LAYER_CHOICES, PruneSpec, Recipe, RecipeError
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +128,128 @@ def test_layers_drops_the_layer_that_changes_least(model, calib):
     identity = layer
     prune_(model, PruneSpec("layers", 0.25), calib)
     assert all(kept is not identity for kept in decoder_layers(model))
+
+
+def make_identity(layer) -> None:
+    """Zero the projections a layer adds to the residual stream with: its output is then its input."""
+    layer.self_attn.o_proj.weight.data.zero_()
+    layer.mlp.down_proj.weight.data.zero_()
+
+
+def removed_layers(model, n_before: int) -> list[int]:
+    kept = getattr(model.config, KEPT_LAYERS)
+    return [i for i in range(n_before) if i not in kept]
+
+
+@pytest.mark.parametrize("choice", LAYER_CHOICES)
+def test_drop_layers_removes_n_records_kept_layers_and_reloads(tok, calib, tmp_path, choice):
+    from transformers import AutoModelForCausalLM
+
+    model = make_model(tok, layers=6, hidden=64, init_range=0.02)
+    originals = list(decoder_layers(model))
+    notes = drop_layers_(model, 2, calib, choice)
+    kept = getattr(model.config, KEPT_LAYERS)
+    assert len(decoder_layers(model)) == 4 == model.config.num_hidden_layers == len(kept)
+    assert all(layer is originals[i] for layer, i in zip(decoder_layers(model), kept))  # the same modules, in order
+    assert choice in notes[0] and str(removed_layers(model, 6)) in notes[0]
+    ids = tok("Hi there", return_tensors="pt")["input_ids"]
+    out = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert out.shape[1] == ids.shape[1] + 6
+    model.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert getattr(again.config, KEPT_LAYERS) == kept
+    assert torch.equal(again.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False), out)
+
+
+@pytest.mark.parametrize("n_drop", [2, 3])
+def test_angular_removes_a_contiguous_block(tok, calib, n_drop):
+    model = make_model(tok, layers=6, hidden=64, init_range=0.02)
+    drop_layers_(model, n_drop, calib, "angular")
+    removed = removed_layers(model, 6)
+    assert removed == list(range(removed[0], removed[0] + n_drop))
+
+
+def test_angular_removes_the_block_that_changes_least(tok, calib):
+    model = make_model(tok, layers=6, hidden=64, init_range=0.02)
+    make_identity(decoder_layers(model)[3])
+    make_identity(decoder_layers(model)[4])
+    drop_layers_(model, 2, calib, "angular")
+    assert removed_layers(model, 6) == [3, 4]
+
+
+@pytest.mark.parametrize("choice", LAYER_CHOICES)
+def test_every_choice_removes_an_identity_layer_first(tok, calib, choice):
+    model = make_model(tok, layers=6, hidden=64, init_range=0.02)
+    make_identity(decoder_layers(model)[2])
+    drop_layers_(model, 1, calib, choice)
+    assert removed_layers(model, 6) == [2]
+
+
+def test_loss_removes_the_layers_whose_absence_costs_least(tok, calib):
+    # Layers scaled towards the identity move the predictions less when skipped: the least scaled go first.
+    model = make_model(tok, layers=6, hidden=64, init_range=0.02)
+    for i, scale in {1: 0.3, 4: 0.05}.items():
+        layer = decoder_layers(model)[i]
+        layer.self_attn.o_proj.weight.data.mul_(scale)
+        layer.mlp.down_proj.weight.data.mul_(scale)
+    drop_layers_(model, 1, calib, "loss")
+    assert removed_layers(model, 6) == [4]
+    drop_layers_(model, 1, calib, "loss")  # pruned twice: the config keeps the original indices
+    assert removed_layers(model, 6) == [1, 4]
+
+
+def test_loss_measures_each_layer_as_if_it_were_removed(tok, calib):
+    # The KL of each skip (its forward started from the layer's own input) equals the KL of a copy without it.
+    import copy
+
+    from workbench.optimize.prune import _skip_kl
+
+    model = make_model(tok, layers=4, hidden=64, init_range=0.02)
+    measured = _skip_kl(model, decoder_layers(model), calib[:2])
+    expected = []
+    with torch.no_grad():
+        for i in range(4):
+            without = copy.deepcopy(model)
+            without.model.layers = torch.nn.ModuleList(l for j, l in enumerate(without.model.layers) if j != i)
+            without.config.num_hidden_layers = 3
+            kl, tokens = 0.0, 0
+            for ids in calib[:2]:
+                p_log = torch.log_softmax(model(input_ids=ids, use_cache=False).logits, -1)
+                q_log = torch.log_softmax(without(input_ids=ids, use_cache=False).logits, -1)
+                kl += float(torch.nn.functional.kl_div(q_log, p_log, log_target=True, reduction="sum"))
+                tokens += ids.numel()
+            expected.append(kl / tokens)
+    assert torch.allclose(measured, torch.tensor(expected), rtol=1e-4, atol=1e-7)
+    reference = make_model(tok, layers=4, hidden=64, init_range=0.02)
+    assert torch.equal(logits(model, tok), logits(reference, tok))  # every layer is itself again
+    assert all("forward" not in vars(layer) for layer in decoder_layers(model))
+
+
+def test_calibration_batches_stack_chunks_of_one_length_up_to_the_budget():
+    from workbench.optimize.prune import _batches
+
+    chunks = [torch.full((1, 4), i) for i in range(5)]
+    chunks += [torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 20, dtype=torch.long)]
+    batches = list(_batches(chunks, max_tokens=8))
+    assert [tuple(b.shape) for b in batches] == [(2, 4), (2, 4), (1, 4), (1, 3), (1, 20)]
+    assert torch.equal(torch.cat([b.flatten() for b in batches[:3]]), torch.cat([c.flatten() for c in chunks[:5]]))
+
+
+def test_layers_method_is_drop_layers_by_similarity(tok, calib):
+    a, b = make_model(tok, layers=6, init_range=0.02), make_model(tok, layers=6, init_range=0.02)
+    notes = prune_(a, PruneSpec("layers", 0.5), calib)
+    drop_layers_(b, 3, calib, "similarity")
+    assert getattr(a.config, KEPT_LAYERS) == getattr(b.config, KEPT_LAYERS)
+    assert "similarity" in notes[0]
+
+
+def test_drop_layers_refuses_an_unknown_choice_and_a_bad_count(model, calib):
+    with pytest.raises(RecipeError) as err:
+        drop_layers_(model, 1, calib, "random")
+    assert err.value.field == "layer-choice" and all(c in str(err.value) for c in LAYER_CHOICES)
+    with pytest.raises(ValueError):
+        drop_layers_(model, 4, calib)  # the model has 4 layers: at least one must stay
+    assert drop_layers_(model, 0, calib, "loss") == [] and len(decoder_layers(model)) == 4
 
 
 def test_structured_pruning_refuses_models_without_decoder_layers(tok, calib):
