@@ -421,10 +421,11 @@ def heldout_perplexity(model, sequences: list[list[int]], pad_token_id: int, dev
                 ids[i, : len(seq)] = torch.tensor(seq)
                 mask[i, : len(seq)] = 1
             ids, mask = ids.to(device), mask.to(device)
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
-            nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-            real = mask[:, 1:].float()
-            total += float((nll * real).sum())
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
+            real = mask[:, 1:].bool()
+            # Only the real positions' rows, contiguous: (positions, vocabulary).
+            nll = F.cross_entropy(logits[real].float(), ids[:, 1:][real], reduction="sum")
+            total += float(nll)
             count += int(real.sum())
     return round(math.exp(total / max(count, 1)), 4)
 
