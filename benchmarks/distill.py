@@ -9,7 +9,8 @@ fp32 and llama.cpp Q4_0 (interleaved rounds). It adds QA under llama.cpp Q4_0 fo
 runtime and quantization on both sides), and what the held-out perplexity curve says about more training.
 
 Prints a markdown table and the issue's targets, with the CPU it ran on; it asserts nothing about speed or
-quality. A student already trained to a budget is measured as it is (delete it to train it again).
+quality. A student already trained to a budget is measured as it is (delete it to train it again), and a card
+already measured at the student's steps with the same settings is reused (``--remeasure`` measures it again).
 
 Run: ``python benchmarks/distill.py [--ratios 0.2,0.3] [--budgets 10,30] [--qa-limit N] [--rounds 3]``.
 """
@@ -79,6 +80,8 @@ def main() -> int:
     parser.add_argument("--qa-limit", type=int, default=None, help="QA on the first N dev questions (default: all)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds per runtime (default 3)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write every card to FILE")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="measure every card again (default: a student's card measured at its steps is reused)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -94,10 +97,13 @@ def main() -> int:
         spec = StudentSpec(layers_ratio=ratio)
         for minutes in sorted(args.budgets):
             result = distill(EMBEDDED, spec, minutes=minutes, on_step=progress(f"{ratio:.0%} {minutes:g} min"))
-            card = student_card.measure_card(EMBEDDED, result["name"], qa_limit=args.qa_limit, rounds=args.rounds,
-                                             known=known.get(ratio) or ({"teacher": known["teacher"]}
-                                                                        if "teacher" in known else None),
-                                             on_step=progress("card"))
+            card = student_card.read_card(EMBEDDED, result["name"])
+            if args.remeasure or card is None or card["steps"] != result["steps"] or card["settings"]["qa_limit"] != \
+                    args.qa_limit or card["settings"]["rounds"] != args.rounds:
+                card = student_card.measure_card(EMBEDDED, result["name"], qa_limit=args.qa_limit, rounds=args.rounds,
+                                                 known=known.get(ratio) or ({"teacher": known["teacher"]}
+                                                                            if "teacher" in known else None),
+                                                 on_step=progress("card"))
             known[ratio] = {who: card["quality"][who] for who in ("teacher", "unhealed")}
             known.setdefault("teacher", card["quality"]["teacher"])
             student_q4 = qa_on(Recipe(**q4, variant=result["name"]), items)
