@@ -22,6 +22,7 @@ from ..formats import figure
 from ..observe.history import HistoryStore
 from ..observe.prometheus import HistoryFollower, PrometheusExporter
 from ..optimize import distill as distillation
+from ..optimize.corpus import is_corpus
 from ..optimize.variants import student_key, student_name
 from ..recipe import (DEFAULT_STUDENT_MINUTES, REMOTE, GenerationSettings, PruneSpec, Recipe, RecipeError, StudentSpec,
                       check_batch_size, is_url)
@@ -511,8 +512,7 @@ def damaged_corpora(key: str) -> list[Path]:
         except (OSError, ValueError):
             damaged.append(path)
             continue
-        if not (isinstance(sequences, list) and sequences and all(
-                isinstance(s, list) and s and all(isinstance(t, int) and t >= 0 for t in s) for s in sequences)):
+        if not is_corpus(sequences):
             damaged.append(path)
     return damaged
 

@@ -47,7 +47,7 @@ from .corpus import PROMPTS, heldout_corpus, teacher_corpus  # noqa: F401  (PROM
 from .losses import (attention_loss, kd_loss, layer_map, layer_outputs, layers_loss, masked_mean, top_k_kl,
                      use_eager_attention)
 from .prune import calibration_inputs, decoder_layers, drop_layers_, prune_
-from .targets import Targets, teacher_targets
+from .targets import Targets, pad_right, teacher_targets
 from .variants import find_student, student_key, student_name
 
 PROGRESS = "progress.json"  # written last into a checkpoint: its presence means the checkpoint is complete
@@ -336,15 +336,7 @@ def _resume(source: Path):
 
 
 def _collate(batch: list[list[int]], tokenizer, seq_len: int):
-    width = min(seq_len, max(map(len, batch)))
-    pad = tokenizer.pad_token_id
-    ids = torch.full((len(batch), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, seq in enumerate(batch):
-        seq = seq[:width]
-        ids[i, : len(seq)] = torch.tensor(seq)
-        mask[i, : len(seq)] = 1
-    return ids, mask
+    return pad_right(batch, tokenizer.pad_token_id, min(seq_len, max(map(len, batch))))
 
 
 def distill_loss(student, batch, spec: StudentSpec, mapped: list[int], *, targets: Targets | None = None,
@@ -413,14 +405,7 @@ def heldout_perplexity(model, sequences: list[list[int]], pad_token_id: int, dev
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(sequences), 8):
-            chunk = sequences[start : start + 8]
-            width = max(map(len, chunk))
-            ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for i, seq in enumerate(chunk):
-                ids[i, : len(seq)] = torch.tensor(seq)
-                mask[i, : len(seq)] = 1
-            ids, mask = ids.to(device), mask.to(device)
+            ids, mask = (t.to(device) for t in pad_right(sequences[start : start + 8], pad_token_id))
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
             real = mask[:, 1:].bool()
             # Only the real positions' rows, contiguous: (positions, vocabulary).

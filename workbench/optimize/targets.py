@@ -61,6 +61,19 @@ class Targets:
         return values, indices, norm, [hidden[:, :, j].to(device) for j in range(hidden.shape[2])]
 
 
+def pad_right(sequences: list[list[int]], pad_token_id: int, width: int | None = None):
+    """(ids, attention mask), each (len(sequences), width): the sequences cut to ``width`` (default: the longest)
+    and padded on the right."""
+    width = width or max(map(len, sequences))
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        seq = seq[:width]
+        ids[i, : len(seq)] = torch.tensor(seq)
+        mask[i, : len(seq)] = 1
+    return ids, mask
+
+
 def describe(corpus: list[list[int]], k: int, temperature: float, layers: list[int]) -> dict:
     """What targets are computed from: the same description means the cached ones can be used."""
     digest = hashlib.sha256(json.dumps(corpus).encode()).hexdigest()
@@ -93,11 +106,7 @@ def teacher_targets(teacher, corpus: list[list[int]], *, k: int, temperature: fl
     hidden: dict[str, torch.Tensor] = {}
     for start in range(0, n, BATCH):
         rows = list(range(start, min(n, start + BATCH)))
-        ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(corpus[r])] = torch.tensor(corpus[r])
-            mask[i, : len(corpus[r])] = 1
+        ids, mask = pad_right([corpus[r] for r in rows], pad_token_id, width)
         with torch.no_grad(), layer_outputs(teacher, layers) as outs:
             logits = teacher(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
             top, where, lse = teacher_top_k(logits, k, temperature)
