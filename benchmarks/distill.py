@@ -49,6 +49,11 @@ def qa_on(recipe, items) -> float | None:
         gc.collect()
 
 
+def points(gap: float) -> str:
+    """A QA gap (teacher minus student) in words: "25 points below", "3 points above"."""
+    return f"{abs(gap) * 100:.0f} points {'below' if gap >= 0 else 'above'}"
+
+
 def progress(who: str):
     last = {"t": 0.0}
 
@@ -133,8 +138,8 @@ def main() -> int:
         recovered = (h - u) / lost if lost > 0 else None
         gap = t - h
         q4_gap = None if teacher_q4 is None or student_q4 is None else teacher_q4 - student_q4
-        print(f"- {ratio:.0%} removed, {minutes:g} min: QA {gap * 100:+.0f} points below the teacher (fp32)"
-              + (f", {q4_gap * 100:+.0f} under q4_0" if q4_gap is not None else "")
+        print(f"- {ratio:.0%} removed, {minutes:g} min: QA {points(gap)} the teacher (fp32)"
+              + (f", {points(q4_gap)} it under q4_0" if q4_gap is not None else "")
               + (f"; recovers {recovered:.0%} of the QA pruning lost" if recovered is not None else "")
               + f"; {curve_note(result['evals'] or [])}")
     print(f"- targets: 20% within {QA_POINTS * 100:.0f} QA points of the teacher in <= 30 min; 30% recovers >= "

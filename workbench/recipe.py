@@ -317,11 +317,11 @@ class StudentSpec:
     channels_ratio: float = 0.0  # share of MLP channels removed as well
     temperature: float = 2.0  # softens both distributions so the student learns the teacher's runner-ups
     hidden_weight: float = 0.0  # weight of an MSE loss on the final (normed) hidden state (0 = logits only)
-    lr: float = 1e-4  # AdamW learning rate
+    lr: float = 1e-4  # AdamW learning rate (3e-4 measured worse: held-out perplexity 17.1 against 14.4 at 100 steps)
     batch_size: int = 4  # training sequences per step
     seq_len: int = 160  # prompt + teacher answer, tokens
     corpus_new_tokens: int = 112  # length of each teacher answer
-    samples_per_prompt: int = 1  # teacher answers per prompt (the prompt set has 128 prompts)
+    samples_per_prompt: int = 1  # teacher answers per prompt
     seed: int = 0
     # Joined later: left out of the student's name while at their default (optimize/variants.py), so that
     # students built before them keep their names.
@@ -333,7 +333,10 @@ class StudentSpec:
     attention_weight: float = 0.0  # weight of the KL of mapped layers' attention distributions (teacher per step)
     teacher_top_k: int = 64  # teacher log-probs kept per token in the cached targets; 0 = run the teacher each step
     layer_choice: str = "similarity"  # which layers go: one of LAYER_CHOICES (optimize/prune.py measures each)
-    prompts: int = 128  # training prompts taken from the top of the prompt file
+    # Training prompts taken from the top of the prompt file (810 there). 384 as measured (embedded model, 20% of
+    # the layers removed, 100 steps): held-out perplexity 14.4 and QA 0.40, against 15.1 and 0.36 with 128 prompts
+    # after 124 steps; the text is written once and shared by every student that asks for it.
+    prompts: int = 384
     corpus_runtime: str = "transformers"  # what writes the teacher's training text: one of CORPUS_RUNTIMES
 
     def __post_init__(self):
