@@ -9,7 +9,12 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def set_number(page, label: str, value: int) -> None:
+    from playwright.sync_api import expect
+
     box = page.get_by_test_id("stNumberInput").filter(has_text=label).locator("input")
+    # While a rerun is drawing, the input of the run before may still be on the page beside the new one (stale,
+    # gone when the run ends): fill it once it is the only one.
+    expect(box).to_have_count(1, timeout=120_000)
     box.fill(str(value))
     box.press("Enter")
 
