@@ -7,12 +7,15 @@ shorter one, so its student is the same one trained further), this measures the 
 unhealed student and the healed one under transformers fp32; decode speed-up over the teacher under transformers
 fp32 and llama.cpp Q4_0 (interleaved rounds). It adds QA under llama.cpp Q4_0 for teacher and student (the same
 runtime and quantization on both sides), and what the held-out perplexity curve says about more training.
+With ``--layer-choices`` it heals each starting point (``prune.drop_layers_``'s choices) the same way, to compare
+them after healing as well as before.
 
 Prints a markdown table and the issue's targets, with the CPU it ran on; it asserts nothing about speed or
 quality. A student already trained to a budget is measured as it is (delete it to train it again), and a card
 already measured at the student's steps with the same settings is reused (``--remeasure`` measures it again).
 
-Run: ``python benchmarks/distill.py [--ratios 0.2,0.3] [--budgets 10,30] [--qa-limit N] [--rounds 3]``.
+Run: ``python benchmarks/distill.py [--ratios 0.2,0.3] [--budgets 10,30] [--layer-choices similarity,angular]
+[--qa-limit N] [--rounds 3]``.
 """
 
 from __future__ import annotations
@@ -82,6 +85,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ratios", type=floats, default=[0.2, 0.3], help="shares of layers removed (default 0.2,0.3)")
     parser.add_argument("--budgets", type=floats, default=[10.0, 30.0], help="minutes of training (default 10,30)")
+    parser.add_argument("--layer-choices", type=lambda t: [p.strip() for p in t.split(",") if p.strip()],
+                        default=["similarity"], help="starting points to heal, comma-separated (default similarity)")
     parser.add_argument("--qa-limit", type=int, default=None, help="QA on the first N dev questions (default: all)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds per runtime (default 3)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write every card to FILE")
@@ -98,47 +103,50 @@ def main() -> int:
     q4 = dict(model=EMBEDDED, runtime="llama.cpp", dtype="q4_0", device="cpu")
     teacher_q4 = qa_on(Recipe(**q4), items)
     rows, cards, known = [], [], {}
-    for ratio in args.ratios:
-        spec = StudentSpec(layers_ratio=ratio)
+    starts = [(ratio, choice) for ratio in args.ratios for choice in args.layer_choices]
+    for ratio, choice in starts:
+        spec = StudentSpec(layers_ratio=ratio, layer_choice=choice)
+        who = f"{ratio:.0%} removed" + (f" ({choice})" if len(args.layer_choices) > 1 else "")
         for minutes in sorted(args.budgets):
-            result = distill(EMBEDDED, spec, minutes=minutes, on_step=progress(f"{ratio:.0%} {minutes:g} min"))
+            result = distill(EMBEDDED, spec, minutes=minutes, on_step=progress(f"{who} {minutes:g} min"))
             card = student_card.read_card(EMBEDDED, result["name"])
             if args.remeasure or card is None or card["steps"] != result["steps"] or card["settings"]["qa_limit"] != \
                     args.qa_limit or card["settings"]["rounds"] != args.rounds:
                 card = student_card.measure_card(EMBEDDED, result["name"], qa_limit=args.qa_limit, rounds=args.rounds,
-                                                 known=known.get(ratio) or ({"teacher": known["teacher"]}
-                                                                            if "teacher" in known else None),
+                                                 known=known.get(who) or ({"teacher": known["teacher"]}
+                                                                          if "teacher" in known else None),
                                                  on_step=progress("card"))
-            known[ratio] = {who: card["quality"][who] for who in ("teacher", "unhealed")}
+            known[who] = {w: card["quality"][w] for w in ("teacher", "unhealed")}
             known.setdefault("teacher", card["quality"]["teacher"])
             student_q4 = qa_on(Recipe(**q4, variant=result["name"]), items)
             cards.append(card)
-            rows.append((ratio, minutes, result, card, student_q4))
+            rows.append((who, minutes, result, card, student_q4))
     teacher = cards[0]["quality"]["teacher"] if cards else None
-    print(f"{machine.cpu_model()}; embedded SmolLM2-135M-Instruct teacher; default spec but the ratio; QA on "
+    print(f"{machine.cpu_model()}; embedded SmolLM2-135M-Instruct teacher; default spec but the ratio and layer "
+          f"choice; QA on "
           f"{teacher['qa_n'] if teacher else 0} dev questions; speed: {args.rounds} interleaved rounds\n")
     print("| student | trained | steps | QA fp32 | perplexity | agreement | QA q4_0 | speed-up fp32 | speed-up q4_0 |")
     print("|---|---|---|---|---|---|---|---|---|")
     if teacher:
         print(f"| teacher | – | – | {teacher['qa_accuracy']:.2f} | {teacher['perplexity']:.2f} | 1.00 | "
               f"{_f(teacher_q4)} | 1.00× | 1.00× |")
-    for ratio, minutes, result, card, student_q4 in rows:
+    for who, minutes, result, card, student_q4 in rows:
         unhealed, healed = card["quality"]["unhealed"], card["quality"]["healed"]
         if minutes == min(args.budgets):
-            print(f"| {ratio:.0%} removed, unhealed | 0 | 0 | {unhealed['qa_accuracy']:.2f} | "
+            print(f"| {who}, unhealed | 0 | 0 | {unhealed['qa_accuracy']:.2f} | "
                   f"{unhealed['perplexity']:.2f} | {unhealed['agreement']:.2f} | – | – | – |")
         speed = [_speedup(card["speed"][r]) for r in ("transformers fp32", "llama.cpp q4_0")]
-        print(f"| {ratio:.0%} removed, healed | {result['train_seconds'] / 60:.1f} min | {result['steps']} | "
+        print(f"| {who}, healed | {result['train_seconds'] / 60:.1f} min | {result['steps']} | "
               f"{healed['qa_accuracy']:.2f} | {healed['perplexity']:.2f} | {healed['agreement']:.2f} | "
               f"{_f(student_q4)} | {speed[0]} | {speed[1]} |")
     print()
-    for ratio, minutes, result, card, student_q4 in rows:
+    for who, minutes, result, card, student_q4 in rows:
         t, u, h = (card["quality"][w]["qa_accuracy"] for w in ("teacher", "unhealed", "healed"))
         lost = t - u
         recovered = (h - u) / lost if lost > 0 else None
         gap = t - h
         q4_gap = None if teacher_q4 is None or student_q4 is None else teacher_q4 - student_q4
-        print(f"- {ratio:.0%} removed, {minutes:g} min: QA {points(gap)} the teacher (fp32)"
+        print(f"- {who}, {minutes:g} min: QA {points(gap)} the teacher (fp32)"
               + (f", {points(q4_gap)} it under q4_0" if q4_gap is not None else "")
               + (f"; recovers {recovered:.0%} of the QA pruning lost" if recovered is not None else "")
               + f"; {curve_note(result['evals'] or [])}")
