@@ -63,3 +63,26 @@ def test_build_a_student_page_trains_one_shows_its_card_and_the_sidebar_offers_i
     click(at, "Chat with").run()  # selects the student and opens the chat on it
     assert not at.exception and at.selectbox(key=state.VARIANT).value == name
     assert at.title[0].value == "Chat" and f"variant {name}" in sidebar_text(at)
+
+
+def test_a_student_built_before_this_session_shows_its_card_when_chosen(monkeypatch, tiny_model_dir):
+    from workbench.ui import shared
+
+    model, spec = str(tiny_model_dir), StudentSpec(layers_ratio=0.25, seed=3, **SMALL)
+    built = jobs.start_distill(jobs.JobRegistry(), model, spec, steps=2,  # as by the CLI or an earlier app server
+                               card=dict(qa_limit=2, max_eval_tokens=64, rounds=1, speed_tokens=8, agreement_tokens=4))
+    assert built.wait(JOB_TIMEOUT_S) and built.error is None, built.error
+    monkeypatch.setattr(shared, "job_registry", functools.cache(jobs.JobRegistry))  # this app server ran no job
+
+    at = tiny_app(tiny_model_dir)
+    at.switch_page("pages/build_a_student.py").run()
+    assert not at.exception and not at.success  # no job of this server: no result above the table
+    assert not any(m.value.startswith("Card of") for m in at.subheader)  # nothing shown until one is chosen
+    name = student_name(model, spec)
+    assert name in at.selectbox(key=state.STUDENT_CARD).options
+    at.selectbox(key=state.STUDENT_CARD).select(name).run()
+    assert not at.exception
+    assert [m.value for m in at.subheader if m.value.startswith("Card of")] == [f"Card of {name}"]
+    quality = at.dataframe[1].value  # after the students table
+    assert quality["Model"].tolist() == ["Teacher", "Student before healing", "Student, healed"]
+    assert at.dataframe[2].value["Runtime"].tolist() == ["transformers fp32", "llama.cpp q4_0"]

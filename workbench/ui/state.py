@@ -70,6 +70,7 @@ STUDENT_LAYERS_WEIGHT = "student.layers_weight"
 STUDENT_ATTENTION_WEIGHT = "student.attention_weight"
 STUDENT_PROMPTS = "student.prompts"
 STUDENT_LAYERS = "student.layers_ratio"
+STUDENT_CARD = "student.card"  # the student whose card the students table shows
 
 # Monitor page.
 MONITOR_RECIPES = "monitor.recipes"  # recipe keys to show; empty = all

@@ -146,8 +146,9 @@ def student_result(job: jobs.Job) -> None:
     student_card_view(job.key.split(":", 2)[1], name)
 
 
-def student_card_view(teacher: str, name: str) -> None:
-    """A built student's card: quality of teacher, unhealed and healed student; speed-up per runtime; its curves."""
+def student_card_view(teacher: str, name: str, key: str = "student-final") -> None:
+    """A built student's card: quality of teacher, unhealed and healed student; speed-up per runtime; its curves
+    (``key`` names its chart, unique within a run)."""
     path = variants.find_student(teacher, name)
     if path is None:
         return
@@ -169,7 +170,7 @@ def student_card_view(teacher: str, name: str) -> None:
     progress = json.loads((path / "progress.json").read_text())
     draw.chart(st.empty(), charts.student_curves_figure(progress.get("parts") or {"kl": progress["losses"]},
                                                         progress.get("evals", []),
-                                                        progress.get("teacher_heldout_ppl")), "student-final")
+                                                        progress.get("teacher_heldout_ppl")), key)
 
 
 def card_quality_rows(card: dict) -> list[dict]:
@@ -205,7 +206,7 @@ def _qa_caption(card: dict) -> str:
 
 
 def students_table(teacher: str) -> None:
-    """The students of this teacher built here so far."""
+    """The students of this teacher built here so far, and the card of the one chosen."""
     built = variants.list_students(teacher)
     if not built:
         st.caption("No student of this model has been built here yet.")
@@ -220,6 +221,13 @@ def students_table(teacher: str) -> None:
         "Trained for": duration(s.get("train_seconds") or s["seconds"]),
     } for s in built]
     st.dataframe(rows, hide_index=True, width="stretch")
+    chosen = st.selectbox("Card of a student", [s["name"] for s in built], index=None, key=state.STUDENT_CARD,
+                          placeholder="Choose a student to see its card",
+                          help="What it kept and what it buys, as measured here when it reached its budget: quality "
+                               "beside the teacher's and the unhealed student's, speed-up per runtime, and its "
+                               "training curves.")
+    if chosen is not None:
+        student_card_view(teacher, chosen, key="student-chosen")
 
 
 def _live_curves(job: jobs.Job) -> tuple[dict[str, list[float]], list[dict]]:
