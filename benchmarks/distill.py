@@ -31,8 +31,13 @@ QA_POINTS = 0.05  # "within 5 QA points of the teacher"
 RECOVERY = 0.8  # "recovers >= 80% of the QA that pruning alone lost"
 
 
+def names(text: str) -> list[str]:
+    """'a, b,' -> ['a', 'b']: a comma-separated flag's parts."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def floats(text: str) -> list[float]:
-    return [float(part) for part in text.split(",") if part.strip()]
+    return [float(part) for part in names(text)]
 
 
 def qa_on(recipe, items) -> float | None:
@@ -85,7 +90,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ratios", type=floats, default=[0.2, 0.3], help="shares of layers removed (default 0.2,0.3)")
     parser.add_argument("--budgets", type=floats, default=[10.0, 30.0], help="minutes of training (default 10,30)")
-    parser.add_argument("--layer-choices", type=lambda t: [p.strip() for p in t.split(",") if p.strip()],
+    parser.add_argument("--layer-choices", type=names,
                         default=["similarity"], help="starting points to heal, comma-separated (default similarity)")
     parser.add_argument("--qa-limit", type=int, default=None, help="QA on the first N dev questions (default: all)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds per runtime (default 3)")
@@ -123,8 +128,7 @@ def main() -> int:
             rows.append((who, minutes, result, card, student_q4))
     teacher = cards[0]["quality"]["teacher"] if cards else None
     print(f"{machine.cpu_model()}; embedded SmolLM2-135M-Instruct teacher; default spec but the ratio and layer "
-          f"choice; QA on "
-          f"{teacher['qa_n'] if teacher else 0} dev questions; speed: {args.rounds} interleaved rounds\n")
+          f"choice; QA on {teacher['qa_n'] if teacher else 0} dev questions; speed: {args.rounds} interleaved rounds\n")
     print("| student | trained | steps | QA fp32 | perplexity | agreement | QA q4_0 | speed-up fp32 | speed-up q4_0 |")
     print("|---|---|---|---|---|---|---|---|---|")
     if teacher:
